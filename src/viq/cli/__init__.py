@@ -1,0 +1,1 @@
+"""Command-line interface. Each subcommand module exposes ``main(argv: list[str] | None) -> int``."""

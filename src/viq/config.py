@@ -1,0 +1,253 @@
+"""Typed, frozen configuration trees.
+
+A run is a tree of frozen dataclasses. This module holds the generic machinery — dict/JSON round
+trip, ``--set a.b=v`` overrides that are type-checked against the field's annotation — and the
+model-shape sections shared by the library (`EncoderConfig`, `ImageConfig`). Other sections live
+next to the code that owns them and plug into the same machinery (any frozen dataclass works).
+
+Validation happens in ``__post_init__`` and raises ``ValueError`` naming the offending field.
+No environment variable ever changes behaviour (STYLE.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+T = TypeVar("T")
+
+
+def _check(cond: bool, field: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"config field '{field}': {msg}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """Shape of the any-resolution SigLIP2-style ViT (SPEC A1, B1.1)."""
+
+    patch_size: int = 16
+    width: int = 1536
+    depth: int = 40
+    heads: int = 16
+    mlp_dim: int = 6144
+    pos_grid: int = 128  # side of the learned position table, resized per image
+    ln_eps: float = 1e-6
+    gelu: Literal["exact", "tanh"] = "exact"  # the ViQ release uses exact GELU (SPEC B1.1)
+    qkv_bias: bool = True
+    pos_antialias: bool = False  # HF Siglip2 resizes with antialias=True, the release without
+    map_head: bool = True  # MAP attention-pool head (+ final norm) for the pooled vector
+    checkpointing: bool = False  # activation checkpointing of every block during training
+
+    def __post_init__(self) -> None:
+        _check(self.patch_size > 0, "encoder.patch_size", "must be positive")
+        _check(self.width > 0 and self.depth >= 0, "encoder.width/depth", "must be positive")
+        _check(self.heads > 0, "encoder.heads", "must be positive")
+        _check(self.width % self.heads == 0, "encoder.heads",
+               f"width {self.width} is not divisible by heads {self.heads}")
+        _check(self.mlp_dim > 0, "encoder.mlp_dim", "must be positive")
+        _check(self.pos_grid > 0, "encoder.pos_grid", "must be positive")
+        _check(self.gelu in ("exact", "tanh"), "encoder.gelu", "must be 'exact' or 'tanh'")
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageConfig:
+    """How an image becomes pixels for the encoder (SPEC B1.5, Part C 3).
+
+    ``resize``: ``"native"`` keeps the size (then aligned down), ``"<base>x<align>"`` is the release's
+    area-preserving rule (W·H ≈ base²), a pair ``(W, H)`` is an explicit size. ``min_pixels`` /
+    ``max_pixels`` clamp the area afterwards (0 = no bound). ``align`` defaults to 32 px so that patch
+    grids are even (the LLM projector pools 2×2).
+    """
+
+    resize: str = "native"
+    align: int = 32
+    min_pixels: int = 0
+    max_pixels: int = 0
+    max_image_pixels: int = 89_478_485  # decompression-bomb bound (PIL's default)
+
+    def __post_init__(self) -> None:
+        _check(self.align > 0, "image.align", "must be positive")
+        _check(self.min_pixels >= 0 and self.max_pixels >= 0, "image.min_pixels/max_pixels",
+               "must be >= 0 (0 = no bound)")
+        if self.max_pixels and self.min_pixels:
+            _check(self.min_pixels <= self.max_pixels, "image.min_pixels",
+                   f"{self.min_pixels} exceeds image.max_pixels {self.max_pixels}")
+        if self.resize != "native":
+            parts = self.resize.lower().split("x")
+            _check(len(parts) == 2 and all(p.strip().isdigit() for p in parts), "image.resize",
+                   f"expected 'native' or '<base>x<align>' (e.g. '384x32'), got {self.resize!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Generic machinery
+# ----------------------------------------------------------------------------------------------
+
+
+def to_dict(cfg: Any) -> Any:
+    """Recursively convert a dataclass tree to plain JSON types (tuples become lists)."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    """Convert a JSON value (or a string from the command line) to the annotated type ``tp``."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, name)
+            except (ValueError, TypeError) as e:
+                errors.append(str(e))
+        raise ValueError(f"config field '{name}': {value!r} matches none of {tp} ({'; '.join(errors)})")
+    if origin is Literal:
+        allowed = get_args(tp)
+        for a in allowed:
+            if value == a or (isinstance(value, str) and str(a) == value):
+                return a
+        raise ValueError(f"config field '{name}': {value!r} is not one of {list(allowed)}")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip().startswith("[") else [
+                v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config field '{name}': expected a list, got {value!r}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ValueError(f"config field '{name}': expected {len(args)} items, got {value!r}")
+            return tuple(_coerce(a, v, name) for a, v in zip(args, value))
+        inner = args[0] if args else Any
+        out = [_coerce(inner, v, name) for v in value]
+        return tuple(out) if origin is tuple else out
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, str):
+            value = json.loads(value)
+        if not isinstance(value, dict):
+            raise ValueError(f"config field '{name}': expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=name + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"config field '{name}': expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError(f"config field '{name}': expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ValueError(f"config field '{name}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError(f"config field '{name}': expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"config field '{name}': expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"config field '{name}': expected a string, got {value!r}")
+        return value
+    if isinstance(value, tp):
+        return value
+    raise ValueError(f"config field '{name}': cannot convert {value!r} to {tp}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build a dataclass tree from plain data; unknown keys are an error naming the key."""
+    if not isinstance(data, dict):
+        raise ValueError(f"config section '{prefix or cls.__name__}': expected a mapping")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"config field '{prefix}{unknown[0]}': unknown key "
+                         f"(known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def override(cfg: T, assignments: list[str] | tuple[str, ...]) -> T:
+    """Apply ``a.b.c=value`` assignments (the ``--set`` flag), each type-checked by its field."""
+    for item in assignments:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        cfg = _replace_path(cfg, key.strip().split("."), raw, key.strip())
+    return cfg
+
+
+def _replace_path(node: Any, path: list[str], raw: str, full: str) -> Any:
+    if not dataclasses.is_dataclass(node):
+        raise ValueError(f"config field '{full}': cannot descend into a non-section value")
+    names = {f.name for f in dataclasses.fields(node)}
+    head = path[0]
+    if head not in names:
+        raise ValueError(f"config field '{full}': unknown key '{head}' "
+                         f"(known: {', '.join(sorted(names))})")
+    if len(path) == 1:
+        value = _coerce(_hints(type(node))[head], raw, full)
+    else:
+        child = getattr(node, head)
+        if child is None:
+            tp = _hints(type(node))[head]
+            cls = next(a for a in get_args(tp) if dataclasses.is_dataclass(a))
+            child = cls()
+        value = _replace_path(child, path[1:], raw, full)
+    return dataclasses.replace(node, **{head: value})
+
+
+def save_json(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=False) + "\n")
+
+
+def load_json(cls: type[T], path: str | Path) -> T:
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    return from_dict(cls, data)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The model a checkpoint holds: encoder shape and image rule (the head section joins here)."""
+
+    encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
+    image: ImageConfig = dataclasses.field(default_factory=ImageConfig)

@@ -1,0 +1,153 @@
+"""Any-resolution SigLIP2-style ViT (SPEC A1, B1).
+
+Images enter at their native size (already resized by `viq.data.images`), are zero-padded on the
+right/bottom to a multiple of the patch size (SPEC B1.4), patchified, and get a learned position
+table resized to their patch grid. All images of a batch are packed into one token sequence; every
+attention layer runs per image (no attention across images, no padding cost).
+
+Outputs (SPEC B1.6, B1.7): the last block's tokens **before** the final LayerNorm (what the ViQ head
+consumes) and, optionally, the MAP-pooled vector (final norm → attention pool).
+
+Departures from the release: no flash-attn (per-image SDPA instead); the patch conv is computed as
+one matmul over unfolded patches (same parameters, ``patch_embed.proj.weight`` [C, 3, p, p]), which
+makes a token's value independent of which other images share the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from viq.config import EncoderConfig
+from viq.model.layers import AttentionPool, Block
+from viq.model.packing import Packed
+
+
+class PatchEmbed(nn.Module):
+    """Conv2d(3→C, kernel p, stride p) evaluated as unfold + matmul."""
+
+    def __init__(self, patch: int, width: int) -> None:
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Conv2d(3, width, kernel_size=patch, stride=patch, bias=True)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """image (3, H, W) with H, W multiples of p → patches (h·w, C) in raster order."""
+        p = self.patch
+        c, hh, ww = image.shape
+        h, w = hh // p, ww // p
+        # (3, h, p, w, p) -> (h, w, 3, p, p) -> (h·w, 3·p·p), matching the conv weight's layout
+        x = image.reshape(c, h, p, w, p).permute(1, 3, 0, 2, 4).reshape(h * w, c * p * p)
+        weight = self.proj.weight.reshape(self.proj.out_channels, -1)
+        return F.linear(x.to(weight.dtype), weight, self.proj.bias)
+
+
+def pad_to_patch(image: torch.Tensor, patch: int) -> torch.Tensor:
+    """Zero-pad (3, H, W) on the right and bottom to multiples of ``patch`` (0 = mid-gray)."""
+    _, h, w = image.shape
+    ph, pw = (-h) % patch, (-w) % patch
+    if ph or pw:
+        image = F.pad(image, (0, pw, 0, ph))
+    return image
+
+
+def resize_pos_table(table: torch.Tensor, grid: int, h: int, w: int,
+                     antialias: bool = False) -> torch.Tensor:
+    """Resize a (grid², C) position table to (h·w, C); identity at the native grid.
+
+    Bilinear, ``align_corners=False`` (SPEC B1.3); antialias only as an option (HF Siglip2 uses it,
+    the release does not). Runs in the table's dtype, as the release does.
+    """
+    if (h, w) == (grid, grid):
+        return table
+    c = table.shape[-1]
+    # (G·G, C) -> (1, C, G, G) image of channels
+    img = table.reshape(grid, grid, c).permute(2, 0, 1).unsqueeze(0)
+    img = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False,
+                        antialias=antialias)
+    return img.squeeze(0).permute(1, 2, 0).reshape(h * w, c)
+
+
+@dataclass
+class EncoderOutput:
+    """``tokens``: last block before the final norm, packed; ``pooled``: (B, C) MAP vector or None."""
+
+    tokens: Packed
+    pooled: torch.Tensor | None
+
+
+class ViTEncoder(nn.Module):
+    """The any-resolution ViT. Parameter names match the release's flat state dict (SPEC B6.3)."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.width
+        self.patch_embed = PatchEmbed(cfg.patch_size, c)
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.pos_grid * cfg.pos_grid, c))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.blocks = nn.ModuleList(
+            Block(c, cfg.heads, cfg.mlp_dim, cfg.ln_eps, cfg.gelu, cfg.qkv_bias)
+            for _ in range(cfg.depth))
+        if cfg.map_head:
+            self.norm = nn.LayerNorm(c, eps=cfg.ln_eps)
+            self.attn_pool = AttentionPool(c, cfg.heads, cfg.mlp_dim, cfg.ln_eps, cfg.gelu)
+        self.apply(_init_weights)
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    def position(self, h: int, w: int) -> torch.Tensor:
+        """Position embedding (h·w, C) for a patch grid."""
+        table = self.pos_embed.reshape(-1, self.cfg.width)
+        return resize_pos_table(table, self.cfg.pos_grid, h, w, self.cfg.pos_antialias)
+
+    def embed(self, images: Sequence[torch.Tensor]) -> Packed:
+        """Normalised (3, H, W) images → packed patch + position tokens (N, C)."""
+        if len(images) == 0:
+            raise ValueError("ViTEncoder: got an empty list of images")
+        pieces, grids = [], []
+        p = self.cfg.patch_size
+        for i, img in enumerate(images):
+            if img.dim() != 3 or img.shape[0] != 3:
+                raise ValueError(f"ViTEncoder: image {i} has shape {tuple(img.shape)}, "
+                                 "expected (3, H, W)")
+            img = pad_to_patch(img, p)
+            h, w = img.shape[1] // p, img.shape[2] // p
+            tokens = self.patch_embed(img)
+            pieces.append(tokens + self.position(h, w).to(tokens.dtype))
+            grids.append((h, w))
+        return Packed.cat(pieces, grids)
+
+    def run_blocks(self, packed: Packed) -> Packed:
+        x, lengths = packed.tokens, packed.lengths
+        for blk in self.blocks:
+            if self.cfg.checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, lengths, use_reentrant=False)
+            else:
+                x = blk(x, lengths)
+        return packed.replace(x)
+
+    def pool(self, tokens: Packed) -> torch.Tensor:
+        """MAP vector per image (B, C): final norm → attention pool."""
+        if not self.cfg.map_head:
+            raise ValueError("this encoder was built with encoder.map_head=false: no pooled vector")
+        return self.attn_pool(self.norm(tokens.tokens), tokens.lengths)
+
+    def forward(self, images: Sequence[torch.Tensor], pool: bool = False) -> EncoderOutput:
+        tokens = self.run_blocks(self.embed(images))
+        return EncoderOutput(tokens, self.pool(tokens) if pool else None)
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
