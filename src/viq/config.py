@@ -62,10 +62,11 @@ class EncoderConfig:
 class ImageConfig:
     """How an image becomes pixels for the encoder (SPEC B1.5, Part C 3).
 
-    ``resize``: ``"native"`` keeps the size (then aligned down), ``"<base>x<align>"`` is the release's
-    area-preserving rule (W·H ≈ base²), a pair ``(W, H)`` is an explicit size. ``min_pixels`` /
-    ``max_pixels`` clamp the area afterwards (0 = no bound). ``align`` defaults to 32 px so that patch
-    grids are even (the LLM projector pools 2×2).
+    ``resize``: ``"native"`` keeps the size (then aligned down), ``"<base>x<align>"`` is the
+    release's area-preserving rule (W·H ≈ base²); a dataset sample may also carry an explicit
+    ``[W, H]`` (see ``viq.data.images``). ``min_pixels`` / ``max_pixels`` clamp the area afterwards
+    (0 = no bound). ``align`` defaults to 32 px so that patch grids are even (the LLM projector
+    pools 2×2).
     """
 
     resize: str = "native"
@@ -83,7 +84,8 @@ class ImageConfig:
                    f"{self.min_pixels} exceeds image.max_pixels {self.max_pixels}")
         if self.resize != "native":
             parts = self.resize.lower().split("x")
-            _check(len(parts) == 2 and all(p.strip().isdigit() for p in parts), "image.resize",
+            ok = len(parts) == 2 and all(p.strip().isdigit() and int(p) > 0 for p in parts)
+            _check(ok, "image.resize",
                    f"expected 'native' or '<base>x<align>' (e.g. '384x32'), got {self.resize!r}")
 
 
@@ -121,7 +123,8 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
                 return _coerce(a, value, name)
             except (ValueError, TypeError) as e:
                 errors.append(str(e))
-        raise ValueError(f"config field '{name}': {value!r} matches none of {tp} ({'; '.join(errors)})")
+        raise ValueError(f"config field '{name}': {value!r} matches none of {tp} "
+                         f"({'; '.join(errors)})")
     if origin is Literal:
         allowed = get_args(tp)
         for a in allowed:
@@ -137,8 +140,9 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
         args = get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
-                raise ValueError(f"config field '{name}': expected {len(args)} items, got {value!r}")
-            return tuple(_coerce(a, v, name) for a, v in zip(args, value))
+                raise ValueError(f"config field '{name}': expected {len(args)} items, "
+                                 f"got {value!r}")
+            return tuple(_coerce(a, v, name) for a, v in zip(args, value, strict=True))
         inner = args[0] if args else Any
         out = [_coerce(inner, v, name) for v in value]
         return tuple(out) if origin is tuple else out
@@ -246,8 +250,57 @@ def load_json(cls: type[T], path: str | Path) -> T:
 
 
 @dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """The quantizer head (SPEC A1, B2, Part C 1; details in ``viq.model.head`` and docs/head.md).
+
+    ``layout``: ``released`` = direct quantizer on the C-wide feature (all published weights);
+    ``paper`` = C→``bottleneck_dim`` bottleneck (proximal bound in stage 2-1; with ``fsq`` the
+    expansion, head-wise attention and FSQ live inside the bottleneck, stage 2-2).
+    ``quantizer``: ``fsq`` (``levels``), ``proximal`` (``bound``) or ``identity``.
+    ``headwise_dim`` is a maximum (the release's max_head_dim): the head-wise attention runs at
+    min(headwise_dim, stage width). ``official_compat`` reproduces the release's numerics
+    (SPEC B8.1 ⚑).
+    """
+
+    layout: Literal["released", "paper"] = "released"
+    quantizer: Literal["fsq", "proximal", "identity"] = "fsq"
+    levels: tuple[int, ...] = (8, 8, 8, 5, 5, 5)
+    bound: Literal["linf", "l2", "tanh", "none"] = "linf"
+    bottleneck_dim: int = 128
+    heads: int = 16  # heads of the pre-blocks (standard attention at the encoder width)
+    pre_blocks: int = 3
+    expand: int = 4  # sub-tokens (code slots) per patch
+    headwise_blocks: int = 3
+    headwise_dim: int = 256
+    post_residual: int = 3
+    rope: Literal["golden", "axial", "none", "learned"] = "golden"
+    pos_grid: int = 32  # side of the learned position table (rope="learned" only)
+    official_compat: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.layout in ("released", "paper"), "head.layout", "must be 'released' or 'paper'")
+        _check(self.quantizer in ("fsq", "proximal", "identity"), "head.quantizer",
+               "must be 'fsq', 'proximal' or 'identity'")
+        _check(self.bound in ("linf", "l2", "tanh", "none"), "head.bound",
+               "must be 'linf', 'l2', 'tanh' or 'none'")
+        _check(self.rope in ("golden", "axial", "none", "learned"), "head.rope",
+               "must be 'golden', 'axial', 'none' or 'learned'")
+        _check(len(self.levels) > 0 and all(v >= 2 for v in self.levels), "head.levels",
+               f"need at least one level and every level ≥ 2, got {list(self.levels)}")
+        _check(self.bottleneck_dim > 0, "head.bottleneck_dim", "must be positive")
+        _check(self.heads > 0, "head.heads", "must be positive")
+        _check(min(self.pre_blocks, self.headwise_blocks, self.post_residual) >= 0,
+               "head.pre_blocks/headwise_blocks/post_residual", "must be >= 0")
+        _check(self.expand >= 1, "head.expand", "must be >= 1")
+        _check(self.headwise_dim > 0 and self.headwise_dim % 2 == 0, "head.headwise_dim",
+               f"must be a positive even number (RoPE rotates pairs), got {self.headwise_dim}")
+        _check(self.pos_grid > 0, "head.pos_grid", "must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """The model a checkpoint holds: encoder shape and image rule (the head section joins here)."""
+    """The model a checkpoint holds: encoder shape, quantizer head and image rule."""
 
     encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
     image: ImageConfig = dataclasses.field(default_factory=ImageConfig)
+    head: HeadConfig = dataclasses.field(default_factory=HeadConfig)

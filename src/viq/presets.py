@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from viq.config import EncoderConfig, ImageConfig, ModelConfig
+from viq.config import EncoderConfig, HeadConfig, ImageConfig, ModelConfig
 
 
 def tiny() -> ModelConfig:
     return ModelConfig(
         encoder=EncoderConfig(width=32, depth=2, heads=2, mlp_dim=64, pos_grid=16),
         image=ImageConfig(resize="128x32"),
+        head=HeadConfig(levels=(8, 5, 5, 5), heads=2, pre_blocks=1, headwise_blocks=1,
+                        headwise_dim=16, post_residual=1, bottleneck_dim=16, pos_grid=8),
     )
 
 
@@ -24,6 +26,7 @@ def demo() -> ModelConfig:
     return ModelConfig(
         encoder=EncoderConfig(width=192, depth=6, heads=3, mlp_dim=768, pos_grid=32),
         image=ImageConfig(resize="256x32"),
+        head=HeadConfig(heads=3, headwise_dim=64, bottleneck_dim=64),
     )
 
 
@@ -32,6 +35,22 @@ def siglip2_g() -> ModelConfig:
         encoder=EncoderConfig(width=1536, depth=40, heads=16, mlp_dim=6144, pos_grid=128),
         image=ImageConfig(resize="768x32"),
     )
+
+
+def released(size: str = "64k") -> ModelConfig:
+    """The published ViQ weights' model for one FSQ size (2k/4k/8k/16k/64k; SPEC B6.3).
+
+    SigLIP2-g encoder + the released head layout with the release's numerics switched on.
+    """
+    from viq.quant.fsq import FSQ_PRESETS
+
+    if size not in FSQ_PRESETS:
+        raise ValueError(f"unknown published FSQ size {size!r}; choose one of "
+                         f"{', '.join(FSQ_PRESETS)}")
+    base = siglip2_g()
+    head = HeadConfig(layout="released", quantizer="fsq", levels=FSQ_PRESETS[size],
+                      official_compat=True)
+    return ModelConfig(encoder=base.encoder, image=base.image, head=head)
 
 
 def siglip2_so400m() -> ModelConfig:

@@ -1,1 +1,4 @@
-"""Command-line interface. Each subcommand module exposes ``main(argv: list[str] | None) -> int``."""
+"""Command-line interface.
+
+Each subcommand module exposes ``main(argv: list[str] | None) -> int``.
+"""

@@ -7,8 +7,13 @@ from viq.cli.dispatch import dispatch
 BENCHES: dict[str, tuple[str, str]] = {
     "encoder": ("viq.eval.bench_encoder",
                 "mixed-resolution batch: our packed ViT vs transformers Siglip2 (NaFlex)"),
+    "head": ("viq.eval.bench_head",
+             "encoder + quantizer head: s/image at width 1536 (fp32, bf16), tokens/s tiny/demo"),
+    "data": ("viq.eval.bench_data",
+             "training input: loader samples/s (0 and N workers) vs a tiny training step"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dispatch(argv, BENCHES, "viq bench", "Benchmarks. Each prints a table and a final JSON line.")
+    return dispatch(argv, BENCHES, "viq bench",
+                    "Benchmarks. Each prints a table and a final JSON line.")

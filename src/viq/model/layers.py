@@ -6,9 +6,12 @@ Parameter names follow the timm / ViQ-release layout (``qkv``, ``proj``, ``fc1``
 Attention is per image: a loop of ``scaled_dot_product_attention`` calls over the packed sequence
 (SPEC Part C 2). On CPU this was ~11× faster than one call with a block-diagonal mask, on GPU it
 uses the fused SDPA kernels, and in bf16 it is the only variant that is bit-compatible with the
-release's varlen flash-attention semantics (SPEC B1.4). Images with the same token count are
-batched into one SDPA call only where that is bitwise equal (it is in fp32 on CPU; the loop is the
-default for exactness).
+release's varlen flash-attention semantics (SPEC B1.4).
+
+Batch invariance: a packed token's value must not depend on which other images share the batch.
+Row-wise ops (LayerNorm, GELU, per-image SDPA) are, but the CPU GEMM picks a different kernel for
+fewer than ~12 rows (measured: M in 1..11 except 4, 8 gives results that differ in the last bit from
+the same rows inside a larger GEMM). `linear_rows` therefore zero-pads inputs of fewer than 16 rows.
 """
 
 from __future__ import annotations
@@ -18,6 +21,24 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+_MIN_GEMM_ROWS = 16
+
+
+def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` whose rows do not depend on how many rows are computed together.
+
+    x: (N, C_in) → (N, C_out). Below 16 rows the input is zero-padded to 16 so that the same GEMM
+    kernel runs as for a large packed batch (see module docstring); other shapes pass through.
+    """
+    n = x.shape[0]
+    if x.dim() == 2 and 0 < n < _MIN_GEMM_ROWS:
+        return F.linear(F.pad(x, (0, 0, 0, _MIN_GEMM_ROWS - n)), weight, bias)[:n]
+    return F.linear(x, weight, bias)
+
+
+def _lin(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return linear_rows(x, layer.weight, layer.bias)
 
 
 def gelu(kind: str) -> nn.Module:
@@ -36,7 +57,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim_out or dim_in, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return _lin(self.fc2, self.act(_lin(self.fc1, x)))
 
 
 def attend_per_image(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -45,17 +66,19 @@ def attend_per_image(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     q, k, v: (N, H, Dh) packed over images (image i owns ``lengths[i]`` rows). Returns (N, H, Dh).
     """
+    # (N, H, Dh) -> (H, N, Dh) views, so that each image is a view (1, H, n, Dh) without copies
+    q, k, v = (t.transpose(0, 1) for t in (q, k, v))
     outs = []
     start = 0
     for n in lengths:
-        # (n, H, Dh) -> (1, H, n, Dh) for SDPA
-        qi = q[start:start + n].transpose(0, 1).unsqueeze(0)
-        ki = k[start:start + n].transpose(0, 1).unsqueeze(0)
-        vi = v[start:start + n].transpose(0, 1).unsqueeze(0)
-        oi = F.scaled_dot_product_attention(qi, ki, vi, scale=scale)
-        outs.append(oi.squeeze(0).transpose(0, 1))  # (n, H, Dh)
+        sl = slice(start, start + n)
+        o = F.scaled_dot_product_attention(q[None, :, sl], k[None, :, sl], v[None, :, sl],
+                                           scale=scale)
+        # (1, H, n, Dh) -> (n, H, Dh); SDPA lays its output out like q, i.e. (n, H, Dh) in memory
+        # when q comes from a fused qkv, so this is a view and the cat below a plain memcpy
+        outs.append(o[0].transpose(0, 1))
         start += n
-    return torch.cat(outs, dim=0) if len(outs) > 1 else outs[0]
+    return torch.cat(outs, dim=0) if len(outs) > 1 else outs[0]  # (N, H, Dh)
 
 
 class Attention(nn.Module):
@@ -73,10 +96,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
         n, c = x.shape
         # (N, 3C) -> (N, 3, H, Dh): timm layout q | k | v, each split into heads
-        qkv = self.qkv(x).view(n, 3, self.heads, self.head_dim)
+        qkv = _lin(self.qkv, x).view(n, 3, self.heads, self.head_dim)
         q, k, v = qkv.unbind(1)
         out = attend_per_image(q, k, v, lengths)  # (N, H, Dh)
-        return self.proj(out.reshape(n, c))
+        return _lin(self.proj, out.reshape(n, c))
 
 
 class Block(nn.Module):
@@ -98,8 +121,8 @@ class Block(nn.Module):
 class AttentionPool(nn.Module):
     """MAP head: one learned query attends over an image's tokens, then x + mlp(norm(x)).
 
-    Names follow timm `AttentionPoolLatent` (``latent``, ``q``, ``kv``, ``proj``, ``norm``, ``mlp``),
-    SPEC B1.7. Input packed tokens (N, C), output (B, C): one vector per image.
+    Names follow timm `AttentionPoolLatent` (``latent``, ``q``, ``kv``, ``proj``, ``norm``,
+    ``mlp``), SPEC B1.7. Input packed tokens (N, C), output (B, C): one vector per image.
     """
 
     def __init__(self, dim: int, heads: int, mlp_dim: int, eps: float = 1e-6,
@@ -118,7 +141,7 @@ class AttentionPool(nn.Module):
     def forward(self, x: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
         c = x.shape[-1]
         q = self.q(self.latent.reshape(1, c).to(x.dtype)).view(1, self.heads, self.head_dim)
-        kv = self.kv(x).view(x.shape[0], 2, self.heads, self.head_dim)
+        kv = _lin(self.kv, x).view(x.shape[0], 2, self.heads, self.head_dim)
         k, v = kv.unbind(1)
         pooled = []
         start = 0
@@ -129,7 +152,7 @@ class AttentionPool(nn.Module):
                 k[start:start + n].transpose(0, 1).unsqueeze(0),
                 v[start:start + n].transpose(0, 1).unsqueeze(0))
             # per image (1, C): the same kernels whatever else is in the batch
-            o = self.proj(o.reshape(1, c))
+            o = _lin(self.proj, o.reshape(1, c))
             pooled.append(o + self.mlp(self.norm(o)))
             start += n
         return torch.cat(pooled, dim=0)  # (B, C)

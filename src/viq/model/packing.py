@@ -60,4 +60,5 @@ class Packed:
         """Pack per-image (n_i, C) tensors."""
         if len(pieces) != len(grids):
             raise ValueError(f"Packed.cat: {len(pieces)} tensors but {len(grids)} grids")
-        return Packed(torch.cat(pieces, dim=0), tuple((int(h), int(w)) for h, w in grids), per_token)
+        grids_t = tuple((int(h), int(w)) for h, w in grids)
+        return Packed(torch.cat(pieces, dim=0), grids_t, per_token)

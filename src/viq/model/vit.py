@@ -9,8 +9,12 @@ Outputs (SPEC B1.6, B1.7): the last block's tokens **before** the final LayerNor
 consumes) and, optionally, the MAP-pooled vector (final norm → attention pool).
 
 Departures from the release: no flash-attn (per-image SDPA instead); the patch conv is computed as
-one matmul over unfolded patches (same parameters, ``patch_embed.proj.weight`` [C, 3, p, p]), which
-makes a token's value independent of which other images share the batch.
+one matmul over unfolded patches (same parameters, ``patch_embed.proj.weight`` [C, 3, p, p]). With
+`layers.linear_rows` (tiny GEMMs padded to 16 rows) a token's value is independent of which other
+images share the batch: in fp32 an image alone and inside a packed batch give identical bits. The
+position table is resized once per distinct grid per forward. With ``pos_antialias`` (the Hugging
+Face Siglip2 rule) the resize runs in fp32, as transformers does. Under autocast the position is
+added without a down-cast, so the residual stream stays fp32, as in transformers.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from viq.config import EncoderConfig
-from viq.model.layers import AttentionPool, Block
+from viq.model.layers import AttentionPool, Block, linear_rows
 from viq.model.packing import Packed
 
 
@@ -43,8 +47,8 @@ class PatchEmbed(nn.Module):
         h, w = hh // p, ww // p
         # (3, h, p, w, p) -> (h, w, 3, p, p) -> (h·w, 3·p·p), matching the conv weight's layout
         x = image.reshape(c, h, p, w, p).permute(1, 3, 0, 2, 4).reshape(h * w, c * p * p)
-        weight = self.proj.weight.reshape(self.proj.out_channels, -1)
-        return F.linear(x.to(weight.dtype), weight, self.proj.bias)
+        weight = self.proj.weight.reshape(self.proj.out_channels, -1)  # (C, 3·p·p)
+        return linear_rows(x.to(weight.dtype), weight, self.proj.bias)
 
 
 def pad_to_patch(image: torch.Tensor, patch: int) -> torch.Tensor:
@@ -60,22 +64,26 @@ def resize_pos_table(table: torch.Tensor, grid: int, h: int, w: int,
                      antialias: bool = False) -> torch.Tensor:
     """Resize a (grid², C) position table to (h·w, C); identity at the native grid.
 
-    Bilinear, ``align_corners=False`` (SPEC B1.3); antialias only as an option (HF Siglip2 uses it,
-    the release does not). Runs in the table's dtype, as the release does.
+    Bilinear, ``align_corners=False`` (SPEC B1.3). Without antialias it runs in the table's dtype,
+    as the release does; with antialias (the Hugging Face Siglip2 rule) it runs in fp32 and casts
+    back, as transformers does.
     """
     if (h, w) == (grid, grid):
         return table
     c = table.shape[-1]
     # (G·G, C) -> (1, C, G, G) image of channels
     img = table.reshape(grid, grid, c).permute(2, 0, 1).unsqueeze(0)
+    if antialias:
+        img = img.float()
     img = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False,
                         antialias=antialias)
-    return img.squeeze(0).permute(1, 2, 0).reshape(h * w, c)
+    # (1, C, h, w) -> (h·w, C) raster order
+    return img.squeeze(0).permute(1, 2, 0).reshape(h * w, c).to(table.dtype)
 
 
 @dataclass
 class EncoderOutput:
-    """``tokens``: last block before the final norm, packed; ``pooled``: (B, C) MAP vector or None."""
+    """``tokens``: last block before the final norm, packed; ``pooled``: (B, C) MAP vector/None."""
 
     tokens: Packed
     pooled: torch.Tensor | None
@@ -110,17 +118,20 @@ class ViTEncoder(nn.Module):
         """Normalised (3, H, W) images → packed patch + position tokens (N, C)."""
         if len(images) == 0:
             raise ValueError("ViTEncoder: got an empty list of images")
-        pieces, grids = [], []
         p = self.cfg.patch_size
+        padded = []
         for i, img in enumerate(images):
             if img.dim() != 3 or img.shape[0] != 3:
                 raise ValueError(f"ViTEncoder: image {i} has shape {tuple(img.shape)}, "
                                  "expected (3, H, W)")
-            img = pad_to_patch(img, p)
-            h, w = img.shape[1] // p, img.shape[2] // p
-            tokens = self.patch_embed(img)
-            pieces.append(tokens + self.position(h, w).to(tokens.dtype))
-            grids.append((h, w))
+            padded.append(pad_to_patch(img, p))
+        grids = [(img.shape[1] // p, img.shape[2] // p) for img in padded]
+        # one resize per distinct grid: mixed batches often repeat sizes (bucketed resize rules)
+        pos = {g: self.position(*g) for g in dict.fromkeys(grids)}
+        pieces = []
+        for img, g in zip(padded, grids, strict=True):
+            # no down-cast of the position: under autocast the residual stream stays fp32 (as HF)
+            pieces.append(self.patch_embed(img) + pos[g])
         return Packed.cat(pieces, grids)
 
     def run_blocks(self, packed: Packed) -> Packed:

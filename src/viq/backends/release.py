@@ -1,0 +1,306 @@
+"""The published ViQ weight files: load them into `ViQModel`, export ours into them (SPEC B6.3–6.7).
+
+Files of a release folder (``converted_<size>/``, size ∈ 2k 4k 8k 16k 64k → FSQ levels, SPEC A3):
+
+- ``model_viq_fsq_<size>.pth``: flat state dict of the whole encoder (ViT, MAP head, the quantizer
+  head under ``fusion_block.*``, the VAE adapter ``vae_preprocess_layers.*`` and ``vae_head.*``).
+- ``embedder.pth`` (bf16): the decode half (codes → features): ``ori_codebook.weight`` (the FSQ
+  implicit codebook), ``projector_1`` = project_out, ``projector_2`` = the fold MLP,
+  ``projector_3`` = the post-process layers, ``_weight``/``_bias`` = the post affine.
+- ``index_drawer.pth`` (bf16): the embedder's keys plus ``vae_preprocess_layers.*`` and
+  ``vae_head.*`` (codes → image).
+
+Our parameter names are the release's up to fixed prefixes (`HEAD_PREFIXES`, `EMBEDDER_PREFIXES`).
+The VAE adapter / VAE tensors have no module here yet: they are kept as ``extras`` (shape-checked
+against SPEC B6.3 where it gives shapes), reported, and written back on export, so an
+import → export round trip reproduces every file. Files are read with
+``torch.load(weights_only=True)`` (memory-mapped). Loading sets ``head.official_compat`` through the
+``released(size)`` config (the release's numerics, SPEC B8.1) unless a ``config.json`` beside the
+files (written by `export_release`) says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from viq.config import ModelConfig, load_json
+from viq.model.viq import ViQModel, _load_strict
+
+EMBEDDER_FILE = "embedder.pth"
+DRAWER_FILE = "index_drawer.pth"
+CONFIG_FILE = "config.json"
+VAE_PREFIXES = ("vae_preprocess_layers.", "vae_head.")
+
+# (our prefix, release prefix); order matters only for readability, prefixes do not overlap.
+HEAD_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("head.preprocess_layers.", "fusion_block.vq_low_preprocess_layers."),
+    ("head.pre_token_shuffle_head.", "fusion_block.vq_low_pre_token_shuffle_head."),
+    ("head.post_token_shuffle_head.", "fusion_block.vq_low_post_token_shuffle_head."),
+    ("head.fsq_pre_attn.", "fusion_block.vq_low.fsq_pre_attn."),
+    ("head.project_in.", "fusion_block.vq_low.project_in."),
+    ("head.project_out.", "fusion_block.vq_low.project_out."),
+    ("head.inverse_token_shuffle_head.", "fusion_block.vq_low_inverse_token_shuffle_head."),
+    ("head.postprocess_layers.", "fusion_block.vq_low_postprocess_layers."),
+    ("head.post_affine_weight", "fusion_block.vq_low_norm_trick_post_quantize_affine_weight"),
+    ("head.post_affine_bias", "fusion_block.vq_low_norm_trick_post_quantize_affine_bias"),
+    ("encoder.", ""),  # the ViT's names are the release's flat names
+)
+EMBEDDER_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("head.project_out.", "projector_1."),
+    ("head.inverse_token_shuffle_head.", "projector_2."),
+    ("head.postprocess_layers.", "projector_3."),
+    ("head.post_affine_weight", "_weight"),
+    ("head.post_affine_bias", "_bias"),
+)
+
+
+@dataclass
+class ReleaseWeights:
+    """A loaded release folder: the model, its FSQ size, the tensors with no module here
+    (``extras``: VAE adapter and VAE, release names) and a human-readable ``report``."""
+
+    model: ViQModel
+    size: str | None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    report: list[str] = field(default_factory=list)
+
+
+def _rename(key: str, prefixes: tuple[tuple[str, str], ...], reverse: bool = False) -> str | None:
+    for ours, theirs in prefixes:
+        src, dst = (theirs, ours) if reverse else (ours, theirs)
+        if src == "" or key.startswith(src):
+            return dst + key[len(src):]
+    return None
+
+
+def release_state_dict(model: ViQModel) -> dict[str, torch.Tensor]:
+    """Our state dict under the release's ``model_viq_fsq_<size>.pth`` names (no extras)."""
+    _check_released_layout(model.cfg)
+    out = {}
+    for k, v in model.state_dict().items():
+        name = _rename(k, HEAD_PREFIXES)
+        if name is None or name in out:
+            raise ValueError(f"release_state_dict: parameter {k!r} has no place in the release "
+                             "layout")
+        out[name] = v
+    return out
+
+
+def embedder_state_dict(model: ViQModel, dtype: torch.dtype = torch.bfloat16
+                        ) -> dict[str, torch.Tensor]:
+    """The ``embedder.pth`` tensors (bf16 as published): decode half + implicit codebook."""
+    _check_released_layout(model.cfg)
+    out = {"ori_codebook.weight": model.head.quantizer.implicit_codebook.to(dtype)}
+    for k, v in model.state_dict().items():
+        name = _rename(k, EMBEDDER_PREFIXES)
+        if name is not None:
+            out[name] = v.detach().to(dtype)
+    return out
+
+
+def _check_released_layout(cfg: ModelConfig) -> None:
+    h = cfg.head
+    if h.layout != "released" or h.quantizer != "fsq" or h.rope == "learned":
+        raise ValueError("the published file layout holds the 'released' head with an FSQ "
+                         f"quantizer and no learned positions; this model has layout={h.layout!r},"
+                         f" quantizer={h.quantizer!r}, rope={h.rope!r}")
+
+
+def size_of(levels: tuple[int, ...]) -> str | None:
+    """Published size name of a level tuple ("16k"), or None for custom levels."""
+    from viq.quant.fsq import FSQ_PRESETS
+
+    return next((name for name, lv in FSQ_PRESETS.items() if tuple(lv) == tuple(levels)), None)
+
+
+def size_from_path(path: str | Path) -> str | None:
+    """FSQ size from ``model_viq_fsq_<size>.pth`` or a ``converted_<size>`` folder, else None."""
+    p = Path(path)
+    for text in (p.name, *(q.name for q in p.parents)):
+        m = (re.fullmatch(r"model_viq_fsq_(\w+)\.pth", text)
+             or re.fullmatch(r"converted_(\w+)", text))
+        if m:
+            return m.group(1).lower()
+    return None
+
+
+def find_model_file(directory: Path) -> Path:
+    files = sorted(directory.glob("model_viq_fsq*.pth"))
+    if len(files) != 1:
+        found = ", ".join(f.name for f in files) or "none"
+        raise FileNotFoundError(f"{directory}: expected exactly one model_viq_fsq_<size>.pth "
+                                f"(found {found}); pass the file itself to choose")
+    return files[0]
+
+
+def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # a truncated/foreign file: say which and why
+        raise ValueError(f"{path}: cannot read as a PyTorch state dict ({e}); re-download it") \
+            from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a flat name → tensor state dict")
+    return state
+
+
+def _resolve_config(directory: Path, size: str | None, config: ModelConfig | None) -> ModelConfig:
+    if config is None and (directory / CONFIG_FILE).is_file():
+        config = load_json(ModelConfig, directory / CONFIG_FILE)
+    if config is None:
+        if size is None:
+            raise ValueError(f"{directory}: cannot tell the FSQ size (no converted_<size> folder, "
+                             "no model_viq_fsq_<size>.pth name, no config.json); pass size=")
+        from viq.presets import released
+
+        config = released(size)
+    if size is not None and size_of(config.head.levels) not in (None, size):
+        raise ValueError(f"{directory}: the files are size {size!r} but the config's levels "
+                         f"{list(config.head.levels)} are size {size_of(config.head.levels)!r}")
+    return config
+
+
+def load_release(path: str | Path, size: str | None = None, config: ModelConfig | None = None,
+                 dtype: torch.dtype = torch.float32) -> ReleaseWeights:
+    """Load a release folder (or its ``model_viq_fsq_<size>.pth``) into a `ViQModel` (eval mode).
+
+    ``config``: defaults to ``config.json`` beside the files, else ``presets.released(size)``.
+    ``embedder.pth`` / ``index_drawer.pth`` are optional; when present they are checked against
+    the model file (the report says what matched).
+    """
+    p = Path(path)
+    model_file = p if p.is_file() else find_model_file(p)
+    directory = model_file.parent
+    size = size or size_from_path(model_file)
+    cfg = _resolve_config(directory, size, config)
+    _check_released_layout(cfg)
+    state = _torch_load(model_file)
+    ours, extras = {}, {}
+    for k, v in state.items():
+        if k.startswith(VAE_PREFIXES):
+            extras[k] = v
+            continue
+        # a copy: the model must not depend on the memory-mapped file staying unchanged
+        ours[_rename(k, HEAD_PREFIXES, reverse=True)] = v.to(dtype, copy=True)
+    with torch.device("meta"):
+        model = ViQModel(cfg)
+    _load_strict(model, ours, str(model_file))
+    model.eval()
+    report = [f"{model_file.name}: loaded {len(ours)} tensors (size {size or 'custom'}, "
+              f"levels {list(cfg.head.levels)}, official_compat={cfg.head.official_compat})"]
+    report += check_vae_extras(extras, cfg.encoder.width, model_file.name)
+    for name in (EMBEDDER_FILE, DRAWER_FILE):
+        if (directory / name).is_file():
+            report += _check_decode_file(model, directory / name, extras)
+    return ReleaseWeights(model, size, extras, report)
+
+
+def _check_decode_file(model: ViQModel, path: Path, extras: dict[str, torch.Tensor]) -> list[str]:
+    """Compare an embedder/drawer file with the model's decode half (in bf16) and the extras."""
+    state = _torch_load(path)
+    want = embedder_state_dict(model)
+    missing = sorted(set(want) - set(state))
+    if missing:
+        raise ValueError(f"{path}: missing keys {missing[:5]}; not a ViQ {path.name} "
+                         "for this model")
+    cb = state["ori_codebook.weight"]
+    if tuple(cb.shape) != tuple(want["ori_codebook.weight"].shape) or not torch.equal(
+            cb.to(torch.bfloat16), want["ori_codebook.weight"]):
+        raise ValueError(f"{path}: ori_codebook {tuple(cb.shape)} is not the implicit codebook of "
+                         f"levels {list(model.levels)}; the file belongs to another FSQ size")
+    differ = [k for k in want if k != "ori_codebook.weight"
+              and not torch.equal(state[k].to(torch.bfloat16), want[k])]
+    rest = {k: v for k, v in state.items() if k not in want}
+    lines = [f"{path.name}: {len(want)} decode tensors "
+             + ("match the model file" if not differ else
+                f"DIFFER from the model file in {len(differ)} tensors, e.g. {differ[0]} "
+                "(embed() uses the model file's weights)")]
+    if rest:
+        same = sum(1 for k, v in rest.items() if k in extras and torch.equal(
+            v.to(torch.bfloat16), extras[k].to(torch.bfloat16)))
+        lines.append(f"{path.name}: {len(rest)} VAE adapter/VAE tensors, {same} equal to the "
+                     "model file's (not used here: no VAE decode module yet)")
+        for k, v in rest.items():
+            extras.setdefault(k, v)
+    return lines
+
+
+def vae_adapter_shapes(width: int) -> dict[str, tuple[int, ...]]:
+    """Release names and shapes of the VAE adapter and latent head (SPEC B6.3)."""
+    c = width
+    out: dict[str, tuple[int, ...]] = {
+        "vae_preprocess_layers.0.fc1.weight": (c, c), "vae_preprocess_layers.0.fc1.bias": (c,),
+        "vae_preprocess_layers.0.fc2.weight": (c, c), "vae_preprocess_layers.0.fc2.bias": (c,),
+        "vae_preprocess_layers.1.weight": (c,), "vae_preprocess_layers.1.bias": (c,),
+        "vae_head.conv_norm_out.weight": (c,), "vae_head.conv_norm_out.bias": (c,),
+        "vae_head.conv_out.weight": (64, c, 3, 3), "vae_head.conv_out.bias": (64,),
+    }
+    for i in (2, 3, 4):
+        b = f"vae_preprocess_layers.{i}."
+        out.update({b + "norm1.weight": (c,), b + "norm1.bias": (c,),
+                    b + "attn.qkv.weight": (3 * c, c), b + "attn.qkv.bias": (3 * c,),
+                    b + "attn.proj.weight": (c, c), b + "attn.proj.bias": (c,),
+                    b + "norm2.weight": (c,), b + "norm2.bias": (c,),
+                    b + "mlp.fc1.weight": (4 * c, c), b + "mlp.fc1.bias": (4 * c,),
+                    b + "mlp.fc2.weight": (c, 4 * c), b + "mlp.fc2.bias": (c,)})
+    return out
+
+
+def check_vae_extras(extras: dict[str, torch.Tensor], width: int, source: str) -> list[str]:
+    """Shape-check the VAE adapter/head tensors that SPEC B6.3 specifies; report the rest."""
+    if not extras:
+        return [f"{source}: no VAE adapter/VAE tensors (codes → image needs them)"]
+    expected = vae_adapter_shapes(width)
+    bad = [f"{k} {tuple(extras[k].shape)} (expected {s})" for k, s in expected.items()
+           if k in extras and tuple(extras[k].shape) != s]
+    if bad:
+        raise ValueError(f"{source}: VAE adapter tensors with unexpected shapes: {bad[:3]}")
+    absent = [k for k in expected if k not in extras]
+    vae = sum(1 for k in extras if k.startswith("vae_head.vae."))
+    line = (f"{source}: {len(expected) - len(absent)}/{len(expected)} VAE adapter/head tensors "
+            f"with the expected shapes, {vae} VAE tensors (kept, not used: no VAE decode module)")
+    if absent:
+        line += f"; missing {absent[:3]}"
+    return [line]
+
+
+def export_release(model: ViQModel, directory: str | Path,
+                   extras: dict[str, torch.Tensor] | None = None) -> list[Path]:
+    """Write our model as a release folder: ``model_viq_fsq_<size>.pth`` (fp32),
+    ``embedder.pth`` (bf16), ``index_drawer.pth`` (bf16; only when VAE ``extras`` are given,
+    since the drawer is meaningless without them) and ``config.json`` (ours, so that custom widths
+    reload exactly). Returns the written paths."""
+    from viq.config import save_json
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    size = size_of(model.levels)
+    model_file = d / (f"model_viq_fsq_{size}.pth" if size else "model_viq_fsq.pth")
+    state = {k: v.detach().float().contiguous().cpu() for k, v in release_state_dict(model).items()}
+    extras = extras or {}
+    state.update({k: v.contiguous() for k, v in extras.items()})
+    _save_atomic(state, model_file)
+    emb = {k: v.cpu() for k, v in embedder_state_dict(model).items()}
+    _save_atomic(emb, d / EMBEDDER_FILE)
+    written = [model_file, d / EMBEDDER_FILE]
+    if extras:
+        drawer = dict(emb)
+        drawer.update({k: v.to(torch.bfloat16).contiguous() for k, v in extras.items()})
+        _save_atomic(drawer, d / DRAWER_FILE)
+        written.append(d / DRAWER_FILE)
+    save_json(model.cfg, d / CONFIG_FILE)
+    written.append(d / CONFIG_FILE)
+    return written
+
+
+def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write to a temporary name, then rename: a reader (or a memory map of the old file, e.g.
+    extras loaded from this very folder) never sees a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)

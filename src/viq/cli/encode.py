@@ -1,0 +1,216 @@
+"""``viq encode`` — images → one codes file per image (SPEC Part C 5, 6).
+
+Try it with no downloads:
+
+    viq encode path/to/photos -o codes/ --preset tiny --random-init
+
+Images are loaded and resized by the model's image rule (``viq.data.images``), packed into batches
+of at most ``--max-tokens`` patches, encoded, and written as ``<name>.codes.safetensors`` (format
+in ``viq.codes.codesfile`` and docs/encode.md). Unreadable images are reported and skipped; the
+exit code is 1 if any input failed. Existing outputs are skipped unless ``--overwrite`` (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from viq.codes.codesfile import SUFFIX, save_codes
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
+
+EPILOG = f"""\
+inputs:
+  Files, directories (searched recursively for {', '.join(sorted(IMAGE_EXTS))}) and glob patterns
+  (quote them: 'photos/**/*.jpg'). A file named explicitly is tried whatever its extension.
+
+outputs:
+  One file per image in OUT: <input name>{SUFFIX}; images found inside a directory keep their
+  sub-path below that directory. Two inputs that would write the same output are an error.
+
+codes file format (viq-codes/1, safetensors):
+  tensor "codes"  shape (h, w, 4): patch grid in raster order, then the 4 code slots per patch;
+                  uint16 when the codebook has <= 65536 codes (all published sizes), else int32;
+                  index = sum_k level_k * prod(levels[:k]) (first FSQ dimension least significant)
+  metadata        format=viq-codes/1, grid="h,w", slots="4", levels="8,8,8,5,5,5",
+                  codebook_size, source (input path), image_size="W,H" (pixels the encoder saw),
+                  original_size="W,H", model_id
+  Read it with viq.codes.codesfile.load_codes(path) or any safetensors reader.
+
+model (exactly one):
+  --checkpoint DIR   a viq checkpoint (config.json + model.safetensors; save_pretrained)
+  --weights PATH     a folder of published ViQ weights (converted_<size>/model_viq_fsq_<size>.pth)
+  --preset NAME --random-init   a randomly initialised model, for trying the command
+
+exit status: 0 all encoded or skipped, 1 some inputs failed (listed at the end), 2 usage error.
+"""
+
+
+@dataclass
+class Job:
+    source: Path
+    out: Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="viq encode", description="Encode images into ViQ codes (4 per 16-px patch).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", help="image files, directories or glob patterns")
+    p.add_argument("-o", "--out", required=True, type=Path, help="output directory")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="viq checkpoint directory")
+    src.add_argument("--weights", type=Path, help="published ViQ weights folder or .pth file")
+    src.add_argument("--preset", help="model preset (with --random-init), e.g. tiny")
+    p.add_argument("--random-init", action="store_true",
+                   help="with --preset: random weights (seeded; codes are meaningless)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --random-init (default 0)")
+    p.add_argument("--size", help="FSQ size of --weights if the path does not name it (e.g. 16k)")
+    p.add_argument("--resize", help="override the model's resize rule: native or <base>x<align>")
+    p.add_argument("--max-tokens", type=int, default=16384,
+                   help="patch budget per batch (default 16384; a larger image runs alone)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="model precision (bf16 = the release's inference setting)")
+    p.add_argument("--overwrite", action="store_true", help="re-encode existing outputs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
+    from viq.model.viq import ViQModel
+
+    if args.checkpoint is not None:
+        return ViQModel.from_pretrained(args.checkpoint), str(args.checkpoint.resolve())
+    if args.weights is not None:
+        from viq.backends.release import load_release
+
+        rw = load_release(args.weights, size=args.size)
+        for line in rw.report:
+            print(f"viq encode: {line}", file=sys.stderr)
+        return rw.model, f"release:{rw.size or 'custom'}:{args.weights.resolve()}"
+    if not args.random_init:
+        raise SystemExit("viq encode: --preset needs --random-init (a preset has no trained "
+                         "weights); use --checkpoint or --weights for real codes")
+    return random_model(args.preset, args.seed), f"random:{args.preset}:seed{args.seed}"
+
+
+def random_model(preset: str, seed: int) -> torch.nn.Module:
+    """A seeded random model whose codes vary (project_in calibrated on the bundled photo)."""
+    from viq.data.bundled import bundled_photo
+    from viq.data.images import load_for_encoder
+    from viq.model.viq import ViQModel
+    from viq.presets import get_preset
+
+    cfg = get_preset(preset)
+    torch.manual_seed(seed)
+    model = ViQModel(cfg).eval()
+    with torch.no_grad():
+        sample = load_for_encoder(bundled_photo(), cfg.image)
+        model.head.calibrate_project_in(model.encoder([sample]).tokens)
+    return model
+
+
+def expand_inputs(inputs: list[str], out: Path) -> tuple[list[Job], list[str]]:
+    """Inputs → jobs (source, output path); problems found here (no match) are returned."""
+    jobs: list[Job] = []
+    problems: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(f for f in path.rglob("*")
+                           if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+            if not found:
+                problems.append(f"{item}: directory contains no image files "
+                                f"({', '.join(sorted(IMAGE_EXTS))})")
+            jobs += [Job(f, out / (str(f.relative_to(path)) + SUFFIX)) for f in found]
+        elif glob.has_magic(item):
+            found = sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
+            if not found:
+                problems.append(f"{item}: the pattern matches no files")
+            jobs += [Job(f, out / (f.name + SUFFIX)) for f in found]
+        else:
+            jobs.append(Job(path, out / (path.name + SUFFIX)))  # a missing file fails at load
+    seen: dict[Path, Path] = {}
+    for job in jobs:
+        if job.out in seen and seen[job.out] != job.source:
+            raise SystemExit(f"viq encode: {seen[job.out]} and {job.source} would both write "
+                             f"{job.out}; encode them into separate output directories")
+        seen[job.out] = job.source
+    unique = list({job.out: job for job in jobs}.values())
+    return unique, problems
+
+
+def _load_one(job: Job, cfg) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+    from viq.data.images import load_image, resize_image, to_tensor
+
+    img = load_image(job.source, max_image_pixels=cfg.max_image_pixels)
+    resized = resize_image(img, cfg)
+    return to_tensor(resized), resized.size, img.size
+
+
+def _encode_batch(model, batch: list, model_id: str, failures: list[str]) -> int:
+    """Encode and write one batch; on a model error retry image by image. Returns files written."""
+    try:
+        codes = model.encode([item[1] for item in batch])
+    except RuntimeError as e:
+        if len(batch) == 1:
+            failures.append(f"{batch[0][0].source}: encoding failed ({e})")
+            return 0
+        return sum(_encode_batch(model, [item], model_id, failures) for item in batch)
+    for (job, _, size, orig), c in zip(batch, codes, strict=True):
+        save_codes(job.out, c, source=str(job.source), image_size=size, original_size=orig,
+                   model_id=model_id)
+    return len(batch)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from viq.config import ImageConfig
+    from viq.data.images import ImageError
+
+    if args.max_tokens < 1:
+        raise SystemExit("viq encode: --max-tokens must be positive")
+    jobs, failures = expand_inputs(args.inputs, args.out)
+    todo = [j for j in jobs if args.overwrite or not j.out.is_file()]
+    skipped = len(jobs) - len(todo)
+    model, model_id = _load_model(args)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    model = model.to(device=args.device, dtype=dtype).eval()
+    img_cfg = model.cfg.image
+    if args.resize:
+        img_cfg = ImageConfig(**{**img_cfg.__dict__, "resize": args.resize})
+    patch = model.cfg.encoder.patch_size
+    written, batch, tokens = 0, [], 0
+    for job in tqdm(todo, desc="encode", unit="img", disable=args.quiet):
+        try:
+            pixels, size, orig = _load_one(job, img_cfg)
+        except ImageError as e:
+            failures.append(str(e))
+            continue
+        n = -(-size[0] // patch) * -(-size[1] // patch)  # patches after padding to the patch size
+        if batch and tokens + n > args.max_tokens:
+            written += _encode_batch(model, batch, model_id, failures)
+            batch, tokens = [], 0
+        batch.append((job, pixels, size, orig))
+        tokens += n
+    if batch:
+        written += _encode_batch(model, batch, model_id, failures)
+    print(f"viq encode: {written} written, {skipped} already present (use --overwrite to redo), "
+          f"{len(failures)} failed -> {args.out}")
+    for line in failures:
+        print(f"  failed: {line}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.random_init and args.preset is None:
+        build_parser().error("--random-init needs --preset NAME")
+    return run(args)

@@ -1,0 +1,309 @@
+"""Training input: samples → images + packed token rows, split over ranks and workers, resumable.
+
+`PackedDataset` (a torch `IterableDataset`) reads a `JsonSource` (LLaVA ``.json``/``.jsonl``) or a
+`ShardSource` (tar shards), follows the `viq.data.shards.consumer_plan` of its consumer (rank ×
+loader worker), loads and resizes each image (`viq.data.images`), tokenizes the conversation
+(`viq.data.chat`), expands every ``<image>`` to its LLM block length, and packs samples in order
+into ``rows`` rows of ``max_tokens``. It yields ready `Batch` objects (so the DataLoader runs with
+``batch_size=None``). Each batch carries its consumer's position after it, and the bad samples met
+while building it.
+
+`DataStream` wraps the DataLoader in the training process: it records the position of every batch it
+hands out (``state_dict`` / ``load_state_dict``: resume with no repeats and no gaps, for the same
+number of ranks and workers) and gathers bad samples under the policy (`viq.data.policy`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from viq.config import ImageConfig
+from viq.data.chat import (
+    SYSTEM_PROMPT,
+    TokenBatch,
+    Tokenized,
+    assign_rows,
+    expand_images,
+    image_token_count,
+    pack,
+    tokenize_sample,
+)
+from viq.data.images import ImageError, load_for_encoder
+from viq.data.llava import Sample, parse_record, parse_sample, read_records
+from viq.data.policy import BadSample, BadSamplePolicy, SampleError, sample_error
+from viq.data.shards import (
+    MAX_MEMBER_BYTES,
+    ShardRecord,
+    consumer_plan,
+    list_shards,
+    read_shard,
+    shard_locator,
+)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How training batches are made. ``rows`` × ``max_tokens`` tokens per batch."""
+
+    max_tokens: int = 2048
+    rows: int = 1
+    seed: int = 0
+    shuffle: bool = True
+    split: Literal["auto", "unit", "sample"] = "auto"  # auto: shards by unit if enough, else sample
+    bad_samples: Literal["skip", "fail"] = "skip"
+    json_unit: int = 256  # JSON records per shuffling unit
+    system_prompt: str = SYSTEM_PROMPT
+    max_member_bytes: int = MAX_MEMBER_BYTES
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 8 or self.rows < 1 or self.json_unit < 1:
+            raise ValueError("config field 'data.max_tokens/rows/json_unit': must be >= 8 / 1 / 1")
+        if self.bad_samples not in ("skip", "fail"):
+            raise ValueError(f"config field 'data.bad_samples': {self.bad_samples!r} is not "
+                             "'skip' or 'fail'")
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources: sizes of units + (unit, index) → (sample, image getter)
+# ----------------------------------------------------------------------------------------------
+
+
+class JsonSource:
+    """A LLaVA ``.json`` / ``.jsonl`` file, cut into units of ``unit`` records for shuffling."""
+
+    kind = "json"
+
+    def __init__(self, path: str | Path, image_root: str | Path | None = None, unit: int = 256):
+        self.path, self.image_root, self.unit = Path(path), image_root, unit
+        self.records = read_records(path)
+        n = len(self.records)
+        self.sizes = [min(unit, n - s) for s in range(0, n, unit)]
+
+    def get(self, u: int, i: int) -> tuple[Sample, Any]:
+        rec = self.records[u * self.unit + i]
+        return parse_record(rec, self.path, self.image_root), lambda loc: loc
+
+
+class ShardSource:
+    """A folder of tar shards (with ``index.json``) or one ``.tar``; keeps one shard in memory."""
+
+    kind = "shards"
+
+    def __init__(self, path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES):
+        self.files, self.sizes = list_shards(path)
+        self.max_member_bytes = max_member_bytes
+        self._cache: tuple[int, list[ShardRecord]] | None = None
+
+    def get(self, u: int, i: int) -> tuple[Sample, Any]:
+        if self._cache is None or self._cache[0] != u:
+            self._cache = (u, read_shard(self.files[u], self.max_member_bytes))
+        rec = self._cache[1][i]
+        if rec.raw is None:
+            raise sample_error("malformed", rec.key, rec.source, "missing or invalid .json member")
+        key = str(rec.raw.get("id", rec.key)) if isinstance(rec.raw, dict) else rec.key
+        return parse_sample(rec.raw, key, rec.source, shard_locator(rec)), rec.files.get
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cache": None}
+
+
+def open_source(path: str | Path, image_root: str | Path | None = None,
+                cfg: DataConfig | None = None) -> JsonSource | ShardSource:
+    """``.json``/``.jsonl`` → `JsonSource`; a folder or ``.tar`` → `ShardSource`."""
+    cfg = cfg or DataConfig()
+    p = Path(path)
+    if p.suffix in (".json", ".jsonl"):
+        return JsonSource(p, image_root, cfg.json_unit)
+    if p.is_dir() or p.suffix == ".tar":
+        return ShardSource(p, cfg.max_member_bytes)
+    raise ValueError(f"{p}: expected a LLaVA .json/.jsonl file, a .tar shard or a shard folder")
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """One good sample: its tokens (image slots expanded) and its image tensors (3, H, W)."""
+
+    tokens: Tokenized
+    images: list[torch.Tensor]
+    grids: list[tuple[int, int]]
+
+
+@dataclass
+class Batch:
+    """Packed tokens + the batch's images in slot order, their patch grids, bad samples met, and
+    the producing consumer's position after this batch (epoch, samples consumed in the epoch)."""
+
+    tokens: TokenBatch
+    images: list[torch.Tensor]
+    grids: list[tuple[int, int]]
+    bad: list[BadSample] = field(default_factory=list)
+    consumer: int = 0
+    epoch: int = 0
+    position: int = 0
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.tokens.keys)
+
+
+def collate(items: list[Prepared], max_tokens: int, pad_id: int, rows: int) -> Batch:
+    """Pack prepared samples (in order) into a `Batch`; images follow the packed slot order."""
+    tb = pack([p.tokens for p in items], max_tokens, pad_id, rows)
+    return Batch(tb, [im for p in items for im in p.images], [g for p in items for g in p.grids])
+
+
+def prepare(sample: Sample, image_of, tokenizer, image_cfg: ImageConfig, cfg: DataConfig,
+            patch: int = 16) -> Prepared:
+    """Load images, tokenize, expand image slots; every failure is a `SampleError`."""
+    images, grids = [], []
+    for ref in sample.images:
+        src = image_of(ref.location)
+        if src is None or (isinstance(src, str) and not Path(src).is_file()):
+            raise sample_error("missing_image", sample.key, sample.source,
+                               f"image {ref.location} does not exist")
+        try:
+            img = load_for_encoder(src, image_cfg, ref.resize, name=f"{sample.key}:{ref.location}")
+        except (ImageError, ValueError) as e:
+            raise sample_error("unreadable_image", sample.key, sample.source, str(e)) from None
+        images.append(img)
+        grids.append((math.ceil(img.shape[1] / patch), math.ceil(img.shape[2] / patch)))
+    tok = tokenize_sample(tokenizer, sample, cfg.system_prompt)
+    tok = expand_images(tok, [image_token_count(g) for g in grids], sample.source)
+    if len(tok) > cfg.max_tokens:
+        raise sample_error("too_long", sample.key, sample.source,
+                           f"{len(tok)} tokens (images included) > "
+                           f"data.max_tokens={cfg.max_tokens}")
+    return Prepared(tok, images, grids)
+
+
+class PackedDataset(IterableDataset):
+    """Packed training batches for one rank; loader workers split the rank's share further."""
+
+    def __init__(self, source: JsonSource | ShardSource, tokenizer, image_cfg: ImageConfig,
+                 cfg: DataConfig, *, patch: int = 16, rank: int = 0, world: int = 1,
+                 epochs: int | None = None) -> None:
+        super().__init__()
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} out of range for world size {world}")
+        self.source, self.tokenizer, self.image_cfg, self.cfg = source, tokenizer, image_cfg, cfg
+        self.patch, self.rank, self.world, self.epochs = patch, rank, world, epochs
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.start: dict[int, tuple[int, int]] = {}  # consumer → (epoch, position) to resume at
+        self.rotate = 0  # set by DataStream on resume (see __iter__)
+
+    def split_for(self, consumers: int) -> Literal["unit", "sample"]:
+        if self.cfg.split != "auto":
+            return self.cfg.split
+        return "unit" if self.source.kind == "shards" and len(self.source.sizes) >= consumers \
+            else "sample"
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        workers, wid = (info.num_workers, info.id) if info is not None else (1, 0)
+        # The DataLoader always asks worker 0 first, then round-robin: rotating the worker →
+        # consumer map by the batches already handed out makes a resumed run continue in the
+        # uninterrupted run's order.
+        consumers = self.world * workers
+        me = self.rank * workers + (wid + self.rotate) % workers
+        epoch, pos = self.start.get(me, (0, 0))
+        policy = BadSamplePolicy(self.cfg.bad_samples)
+        while self.epochs is None or epoch < self.epochs:
+            plan = consumer_plan(self.source.sizes, me, consumers, seed=self.cfg.seed, epoch=epoch,
+                                 shuffle=self.cfg.shuffle, split=self.split_for(consumers),
+                                 start=pos)
+            pending: list[Prepared] = []
+            for unit, indices in plan:
+                for i in indices:
+                    try:
+                        sample, image_of = self.source.get(unit, i)
+                        item = prepare(sample, image_of, self.tokenizer, self.image_cfg, self.cfg,
+                                       self.patch)
+                    except SampleError as e:
+                        policy.handle(e)  # raises under "fail"
+                        pos += 1
+                        continue
+                    lengths = [len(p.tokens) for p in pending] + [len(item.tokens)]
+                    if pending and not self._fits(lengths):
+                        yield self._emit(pending, policy, me, epoch, pos)
+                        pending = []
+                    pending.append(item)
+                    pos += 1
+            if pending or policy.records:
+                yield self._emit(pending, policy, me, epoch, pos)
+            epoch, pos = epoch + 1, 0
+
+    def _fits(self, lengths: list[int]) -> bool:
+        rows = assign_rows(lengths, self.cfg.max_tokens, self.cfg.rows)
+        return sum(len(r) for r in rows) == len(lengths)
+
+    def _emit(self, pending: list[Prepared], policy: BadSamplePolicy, me: int, epoch: int,
+              pos: int) -> Batch:
+        if pending:
+            batch = collate(pending, self.cfg.max_tokens, self.pad_id, self.cfg.rows)
+        else:  # only bad samples left at the end of an epoch: an empty batch carries them
+            batch = collate([], self.cfg.max_tokens, self.pad_id, 1)
+        batch.bad, policy.records = policy.records, []
+        batch.consumer, batch.epoch, batch.position = me, epoch, pos
+        return batch
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class DataStream:
+    """The training process's view: iterate batches, save/restore the position, collect bad samples.
+
+    ``num_workers`` loader processes; the state is valid for the same ``world × max(1,
+    num_workers)``.
+    """
+
+    def __init__(self, dataset: PackedDataset, num_workers: int = 0, prefetch: int = 2) -> None:
+        self.dataset, self.num_workers, self.prefetch = dataset, num_workers, prefetch
+        self.consumers = dataset.world * max(1, num_workers)
+        self.positions: dict[int, tuple[int, int]] = dict(dataset.start)
+        self.policy = BadSamplePolicy(dataset.cfg.bad_samples)
+        self.batches = 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.dataset.start = dict(self.positions)
+        self.dataset.rotate = self.batches % max(1, self.num_workers)
+        kw: dict[str, Any] = {"prefetch_factor": self.prefetch} if self.num_workers else {}
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                            collate_fn=_identity, **kw)
+        for batch in loader:
+            self.positions[batch.consumer] = (batch.epoch, batch.position)
+            self.batches += 1
+            self.policy.extend(batch.bad)
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"consumers": self.consumers, "batches": self.batches,
+                "positions": {str(c): list(p) for c, p in sorted(self.positions.items())},
+                "bad_samples": [dataclasses.asdict(r) for r in self.policy.records]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["consumers"] != self.consumers:
+            raise ValueError(f"data state was saved with {state['consumers']} consumers "
+                             f"(ranks × loader workers) but this run has {self.consumers}; resume "
+                             "with the same world size and data workers")
+        self.positions = {int(c): (int(e), int(p)) for c, (e, p) in state["positions"].items()}
+        self.batches = int(state.get("batches", 0))
+        self.policy.records = [BadSample(**r) for r in state.get("bad_samples", [])]
+
+    def write_bad_samples(self, path: str | Path) -> Path:
+        """Write ``bad_samples.jsonl`` (call at the end of a run)."""
+        return self.policy.write(path)

@@ -1,0 +1,288 @@
+"""Tar shards for large datasets, and the split / shuffle / resume plan shared by every source.
+
+Format (webdataset-style, plain POSIX tar written with the standard library)::
+
+    out_dir/index.json         {"format": "viq-shards/1", "samples": N,
+                                "shards": [{"file": "shard-00000.tar", "samples": n}, ...]}
+    out_dir/shard-00000.tar    00000000.json, 00000000.0.png, 00000000.1.jpg, 00000001.json, ...
+
+``<key>.json`` is the LLaVA record (SPEC B7.1) whose ``image`` entries name their member
+(``{"member": "<key>.<i>.<ext>", "resize": ...}``); the original ``id`` is kept. Members are flat
+names; a shard is read as a stream (``tarfile`` mode ``r|``), one shard at a time.
+
+Safety: the writer only writes flat, generated member names; the reader refuses (with an error
+naming the shard) any member that is not a regular file (symlink, hard link, device, directory),
+whose name is absolute, contains a path separator or ``..``, and any member larger than
+``max_member_bytes``. Nothing is ever extracted to disk.
+
+Plan (`consumer_plan`): a dataset is a list of *units* (shards, or chunks of a JSON list) with
+known sizes. Per epoch the units are permuted by (seed, epoch) and each unit's samples by (seed,
+epoch, unit). Consumers (rank × loader worker) get either whole units (``split="unit"``: unit k of
+the permuted order → consumer k mod C; no shard is read twice, per-consumer counts may differ) or
+single samples (``split="sample"``: sample j of the epoch's flat order → consumer j mod C;
+balanced, but every consumer reads every unit). A consumer's position is the number of its samples
+consumed in the current epoch; resuming skips whole units without reading them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import re
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from viq.data.llava import inside_root
+from viq.data.policy import BadSamplePolicy, SampleError, sample_error
+
+INDEX = "index.json"
+FORMAT = "viq-shards/1"
+MAX_MEMBER_BYTES = 64 << 20
+_EXT = re.compile(r"^[a-z0-9]{1,5}$")
+_MEMBER = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+
+
+class ShardError(ValueError):
+    """A shard that is unsafe or corrupt (not a bad sample: the whole file is refused)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, 0  # fixed metadata: reproducible bytes
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _image_bytes(entry: Any, root: Path, key: str, source: str) -> tuple[bytes, str]:
+    """(bytes, extension) of one image entry: ``{"img_path": ...}`` (inside ``root``) or
+    ``{"data": bytes, "ext": "png"}`` (an image already in memory)."""
+    if isinstance(entry, str):
+        entry = {"img_path": entry}
+    if not isinstance(entry, dict):
+        raise sample_error("malformed", key, source, f"image entry {entry!r:.60} is not a dict")
+    if "data" in entry:
+        ext = str(entry.get("ext", "png")).lower().lstrip(".")
+        data = bytes(entry["data"])
+    elif "img_path" in entry:
+        p = Path(entry["img_path"])
+        p = p if p.is_absolute() else root / p
+        if not inside_root(p, root):
+            raise sample_error("unsafe_path", key, source, f"image {p} is outside {root}")
+        if not p.is_file():
+            raise sample_error("missing_image", key, source, f"image file {p} does not exist")
+        ext, data = p.suffix.lower().lstrip("."), p.read_bytes()
+    else:
+        raise sample_error("malformed", key, source, "image entry has neither img_path nor data")
+    if not _EXT.match(ext):
+        raise sample_error("malformed", key, source, f"image extension {ext!r} is not alphanumeric")
+    return data, ext
+
+
+def write_shards(samples: Iterable[dict], out_dir: str | Path, *, samples_per_shard: int = 1000,
+                 image_root: str | Path | None = None, prefix: str = "shard",
+                 policy: BadSamplePolicy | None = None) -> list[Path]:
+    """Write LLaVA records as tar shards + ``index.json``; return the shard paths.
+
+    Image entries are ``{"img_path": p, "resize": r}`` with ``p`` relative to ``image_root``
+    (default:
+    the current folder) and never outside it, or ``{"data": bytes, "ext": "png", "resize": r}``.
+    Records whose images cannot be read go to ``policy`` (default: fail).
+    """
+    if samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    if not re.match(r"^[A-Za-z0-9_\-]+$", prefix):
+        raise ValueError(f"shard prefix {prefix!r} must be letters, digits, '-' or '_'")
+    out, root = Path(out_dir), Path(image_root) if image_root is not None else Path.cwd()
+    out.mkdir(parents=True, exist_ok=True)
+    policy = policy or BadSamplePolicy("fail")
+    paths: list[Path] = []
+    counts: list[int] = []
+    tar = None
+    n = 0
+    for i, raw in enumerate(samples):
+        key, source = f"{n:08d}", f"record {i}" + (f" (id {raw.get('id')})" if isinstance(
+            raw, dict) and "id" in raw else "")
+        try:
+            record, members = _shard_record(raw, key, source, root)
+        except SampleError as e:
+            policy.handle(e)
+            continue
+        if tar is None or counts[-1] == samples_per_shard:
+            if tar is not None:
+                tar.close()
+            paths.append(out / f"{prefix}-{len(paths):05d}.tar")
+            counts.append(0)
+            tar = tarfile.open(paths[-1], "w", format=tarfile.PAX_FORMAT)
+        _add_member(tar, f"{key}.json", json.dumps(record, ensure_ascii=False).encode())
+        for name, data in members:
+            _add_member(tar, name, data)
+        counts[-1] += 1
+        n += 1
+    if tar is not None:
+        tar.close()
+    index = {"format": FORMAT, "samples": n,
+             "shards": [{"file": p.name, "samples": c} for p, c in zip(paths, counts, strict=True)]}
+    (out / INDEX).write_text(json.dumps(index, indent=1) + "\n")
+    return paths
+
+
+def _shard_record(raw: Any, key: str, source: str, root: Path) -> tuple[dict, list]:
+    if not isinstance(raw, dict):
+        raise sample_error("malformed", key, source, f"record is a {type(raw).__name__}")
+    images = raw.get("image")
+    images = [] if images in (None, "", []) else images
+    images = images if isinstance(images, list) else [images]
+    record = {k: v for k, v in raw.items() if k != "image"}
+    entries, members = [], []
+    for j, e in enumerate(images):
+        data, ext = _image_bytes(e, root, key, source)
+        name = f"{key}.{j}.{ext}"
+        entry = {"member": name}
+        if isinstance(e, dict) and e.get("resize") is not None:
+            entry["resize"] = e["resize"]
+        entries.append(entry)
+        members.append((name, data))
+    if entries:
+        record["image"] = entries
+    return record, members
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ShardRecord:
+    """One sample read from a shard: its parsed JSON and its image members' bytes."""
+
+    key: str
+    source: str
+    raw: Any
+    files: dict[str, bytes]
+
+
+def _check_member(shard: Path, m: tarfile.TarInfo, max_bytes: int) -> None:
+    if not m.isreg():
+        kind = "symlink" if m.issym() else "hard link" if m.islnk() else \
+            "directory" if m.isdir() else "device or special file"
+        raise ShardError(f"{shard}: member {m.name!r} is a {kind}; shards may hold only regular "
+                         "files. Rewrite the shard with viq.data.shards.write_shards")
+    name = m.name
+    if (os.path.isabs(name) or "/" in name or "\\" in name or ".." in name
+            or not _MEMBER.match(name)):
+        raise ShardError(f"{shard}: member name {name!r} is not a flat file name (absolute, "
+                         "nested or '..' names are refused). Rewrite the shard with write_shards")
+    if m.size > max_bytes:
+        raise ShardError(f"{shard}: member {name!r} has {m.size:,} bytes, above the limit "
+                         f"{max_bytes:,}; raise max_member_bytes if the file is trusted")
+
+
+def read_shard(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> list[ShardRecord]:
+    """All samples of one shard, in stored order (streaming read; nothing touches the disk)."""
+    path = Path(path)
+    groups: dict[str, dict[str, bytes]] = {}
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            for m in tar:
+                _check_member(path, m, max_member_bytes)
+                f = tar.extractfile(m)
+                data = f.read(max_member_bytes + 1) if f is not None else b""
+                groups.setdefault(m.name.split(".", 1)[0], {})[m.name] = data
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ShardError(f"{path}: not a readable tar file ({type(e).__name__}: {e}); "
+                         "re-create it with write_shards") from None
+    out = []
+    for key, files in groups.items():
+        src = f"{path.name}:{key}"
+        blob = files.pop(f"{key}.json", None)
+        try:
+            raw = json.loads(blob) if blob is not None else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raw = None
+        out.append(ShardRecord(key, src, raw, files))
+    return out
+
+
+def shard_locator(rec: ShardRecord):
+    """``locate`` for `viq.data.llava.parse_sample`: a member name of this sample, checked."""
+    def locate(name: str) -> str:
+        if not _MEMBER.match(name) or ".." in name:
+            raise sample_error("unsafe_path", rec.key, rec.source, f"member name {name!r}")
+        if name not in rec.files:
+            raise sample_error("missing_image", rec.key, rec.source,
+                               f"image member {name!r} is not in the shard")
+        return name
+    return locate
+
+
+def list_shards(path: str | Path) -> tuple[list[Path], list[int]]:
+    """Shard files and their sample counts, from ``index.json`` (or by reading every shard)."""
+    path = Path(path)
+    if path.is_dir() and (path / INDEX).is_file():
+        index = json.loads((path / INDEX).read_text())
+        if index.get("format") != FORMAT:
+            raise ShardError(f"{path / INDEX}: format {index.get('format')!r}, expected {FORMAT}")
+        files = [path / s["file"] for s in index["shards"]]
+        for f in files:
+            if not inside_root(f, path) or not f.is_file():
+                raise ShardError(f"{path / INDEX}: shard {f.name} is missing or outside {path}")
+        return files, [int(s["samples"]) for s in index["shards"]]
+    files = sorted(path.glob("*.tar")) if path.is_dir() else [path]
+    if not files:
+        raise FileNotFoundError(f"{path}: no .tar shards found")
+    return files, [len(read_shard(f)) for f in files]
+
+
+# ----------------------------------------------------------------------------------------------
+# Split / shuffle / resume plan
+# ----------------------------------------------------------------------------------------------
+
+
+def _perm(n: int, *seed: int) -> list[int]:
+    order = list(range(n))
+    random.Random("/".join(map(str, seed))).shuffle(order)
+    return order
+
+
+def consumer_plan(sizes: list[int], consumer: int, consumers: int, *, seed: int, epoch: int,
+                  shuffle: bool = True, split: Literal["unit", "sample"] = "unit",
+                  start: int = 0) -> Iterator[tuple[int, list[int]]]:
+    """This consumer's samples for one epoch, as (unit, [indices in unit]) in reading order,
+    skipping its first ``start`` samples (the resume position) without visiting skipped units."""
+    if not 0 <= consumer < consumers:
+        raise ValueError(f"consumer {consumer} out of range for {consumers} consumers")
+    units = _perm(len(sizes), seed, epoch) if shuffle else list(range(len(sizes)))
+    offset = 0  # flat index of the unit's first sample in this epoch's order (split="sample")
+    for k, u in enumerate(units):
+        n = sizes[u]
+        if split == "unit":
+            mine = list(range(n)) if k % consumers == consumer else []
+        else:
+            first = (consumer - offset) % consumers
+            mine = list(range(first, n, consumers))
+        offset += n
+        if not mine:
+            continue
+        if start >= len(mine):
+            start -= len(mine)
+            continue
+        order = _perm(n, seed, epoch, u) if shuffle else list(range(n))
+        yield u, [order[t] for t in mine[start:]]
+        start = 0
+
+
+def consumer_count(sizes: list[int], consumer: int, consumers: int, *, seed: int, epoch: int,
+                   shuffle: bool = True, split: Literal["unit", "sample"] = "unit") -> int:
+    """How many samples this consumer gets in one epoch."""
+    return sum(len(ix) for _, ix in consumer_plan(sizes, consumer, consumers, seed=seed,
+                                                 epoch=epoch, shuffle=shuffle, split=split))

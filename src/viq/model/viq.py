@@ -1,0 +1,203 @@
+"""The ViQ model: any-resolution encoder + quantizer head (SPEC A1, B2, B3.1, Part C 1, 5, 6).
+
+- ``forward(images)``: features for the LLM / distillation / reconstruction consumers (training),
+  plus the codes and the quantizer's stats.
+- ``encode(images)``: per image an ``ImageCodes`` = (h, w, S) int64 codes (patch raster order, then
+  the S = 4 slots; Part C 6) with its grid and FSQ levels.
+- ``embed(codes)``: codes → features with the decode half of the head only (no encoder, no
+  attention; the release's ``IndexEmbeder``). ``embed(encode(x))`` equals ``forward(x).features``.
+- ``save_pretrained(dir)`` / ``from_pretrained(dir)``: ``config.json`` (the ``ModelConfig``) +
+  ``model.safetensors`` (Hugging Face layout).
+
+Precision: the model runs in the dtype of its parameters (``model.to(torch.bfloat16)`` is the
+release's inference setting); images are cast to that dtype on entry. FSQ rounding is always fp32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from viq.config import ModelConfig, from_dict, load_json, save_json
+from viq.model.head import HeadOutput, ViQHead
+from viq.model.packing import Packed
+from viq.model.vit import ViTEncoder
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class ImageCodes:
+    """Codes of one image: ``codes`` (h, w, S) int64, FSQ ``levels`` (the codebook spec)."""
+
+    codes: torch.Tensor
+    levels: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.codes.dim() != 3:
+            raise ValueError("ImageCodes: codes must be (h, w, slots), got "
+                             f"{tuple(self.codes.shape)}")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return int(self.codes.shape[0]), int(self.codes.shape[1])
+
+    @property
+    def codebook_size(self) -> int:
+        k = 1
+        for lv in self.levels:
+            k *= lv
+        return k
+
+
+@dataclass
+class ViQOutput:
+    """``features``: per-patch head output (Packed, width C); ``codes``: per image or None;
+    ``pooled``: (B, C) MAP vector of the features (distillation) when asked for."""
+
+    features: Packed
+    codes: list[ImageCodes] | None
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    pooled: torch.Tensor | None = None
+    head: HeadOutput | None = None
+
+
+class ViQModel(nn.Module):
+    """Encoder + quantizer head, built from a ``ModelConfig``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = ViTEncoder(cfg.encoder)
+        self.head = ViQHead(cfg.head, cfg.encoder.width)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.encoder.pos_embed.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.pos_embed.device
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        return tuple(self.cfg.head.levels)
+
+    def _prepare(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [img.to(device=self.device, dtype=self.dtype) for img in images]
+
+    def forward(self, images: Sequence[torch.Tensor], pool: bool = False) -> ViQOutput:
+        """Images (3, H, W) in [-1, 1], any sizes → features, codes, stats (and pooled vector)."""
+        tokens = self.encoder(self._prepare(images)).tokens
+        out = self.head(tokens)
+        codes = self.split_codes(out.codes, tokens.grids) if out.codes is not None else None
+        pooled = self.encoder.pool(out.features) if pool else None
+        return ViQOutput(out.features, codes, out.stats, pooled, out)
+
+    def split_codes(self, codes: torch.Tensor,
+                    grids: Sequence[tuple[int, int]]) -> list[ImageCodes]:
+        """Flat patch-major codes (S·N,) → per image (h, w, S)."""
+        s = self.cfg.head.expand
+        pieces = torch.split(codes, [h * w * s for h, w in grids])
+        # (h·w·S,) -> (h, w, S): raster order over patches, slot fastest
+        return [ImageCodes(p.reshape(h, w, s), self.levels)
+                for p, (h, w) in zip(pieces, grids, strict=True)]
+
+    @torch.no_grad()
+    def encode(self, images: Sequence[torch.Tensor]) -> list[ImageCodes]:
+        """Images → per-image codes (h, w, S) int64 (needs an FSQ head)."""
+        if not self.head.has_codes:
+            raise ValueError(f"encode: head.quantizer={self.cfg.head.quantizer!r} gives no "
+                             "discrete codes; use an FSQ head (head.quantizer=fsq)")
+        tokens = self.encoder(self._prepare(images)).tokens
+        return self.split_codes(self.head(tokens).codes, tokens.grids)
+
+    def embed(self, codes: Sequence[ImageCodes | torch.Tensor]) -> Packed:
+        """Per-image codes (h, w, S) → packed per-patch features (decode half of the head only)."""
+        flat, grids = [], []
+        s = self.cfg.head.expand
+        for i, c in enumerate(codes):
+            if isinstance(c, ImageCodes):
+                if tuple(c.levels) != self.levels:
+                    raise ValueError(f"embed: codes {i} use levels {list(c.levels)} but this "
+                                     f"model's FSQ has {list(self.levels)}")
+                c = c.codes
+            if c.dim() != 3 or c.shape[-1] != s:
+                raise ValueError(f"embed: codes {i} have shape {tuple(c.shape)}, expected "
+                                 f"(h, w, {s})")
+            flat.append(c.reshape(-1))  # (h, w, S) -> (h·w·S,) patch-major
+            grids.append((int(c.shape[0]), int(c.shape[1])))
+        if not flat:
+            raise ValueError("embed: got no codes")
+        return self.head.embed(torch.cat(flat), grids)
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        save_json(self.cfg, d / CONFIG_NAME)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(d / WEIGHTS_NAME), metadata={"format": "pt", "library": "viq"})
+        return d
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None) -> ViQModel:
+        """Rebuild from ``config.json`` + ``model.safetensors`` (strict: every key must match)."""
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        cfg_path, w_path = d / CONFIG_NAME, d / WEIGHTS_NAME
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"{p}: missing; a viq checkpoint directory holds "
+                                        f"{CONFIG_NAME} and {WEIGHTS_NAME} (save_pretrained)")
+        cfg = load_json(ModelConfig, cfg_path)
+        with torch.device("meta"):
+            model = cls(cfg)
+        state = load_file(str(w_path), device=str(device))
+        _load_strict(model, state, str(w_path))
+        model.eval()
+        return model.to(dtype) if dtype is not None else model
+
+    @classmethod
+    def from_config_dict(cls, data: dict) -> ViQModel:
+        return cls(from_dict(ModelConfig, data))
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load with assign=True (meta-built model), naming missing/unexpected/mis-shaped keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+           for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or bad:
+        raise ValueError(f"{source}: weights do not match the config: "
+                         f"missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
+                         f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}, "
+                         f"shape mismatches {bad[:5]}; was the file written for another config?")
+    model.load_state_dict(state, strict=True, assign=True)
+    _rebuild_buffers(model, state)
+
+
+def _rebuild_buffers(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Non-persistent buffers (the FSQ tables) stay on meta after an assign-load: rebuild the
+    quantizer from the config on the weights' device (it has no parameters)."""
+    device = next(iter(state.values())).device if state else torch.device("cpu")
+    head = getattr(model, "head", None)
+    if head is not None and any(b.is_meta for b in head.quantizer.buffers()):
+        from viq.quant import build_quantizer
+
+        cfg = head.cfg
+        head.quantizer = build_quantizer(cfg.quantizer, getattr(head.quantizer, "dim", None),
+                                         levels=cfg.levels, bound=cfg.bound).to(device)
