@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from viq.backends.release import export_release
-from viq.cli.encode import random_model, main
+from viq.cli.encode import main, random_model
 from viq.codes.codesfile import load_codes
 from viq.data.images import load_for_encoder
 

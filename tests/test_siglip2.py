@@ -163,7 +163,27 @@ def test_errors_name_the_problem(tmp_path, timm_src):
     with pytest.raises(ValueError, match="heads=<n>"):
         load_encoder(tmp_path / "broken.safetensors")  # width 32: head count unknown
     save_file({"foo.weight": torch.zeros(2)}, tmp_path / "other.safetensors")
-    with pytest.raises(ValueError, match="neither a Hugging Face Siglip2 nor a timm"):
+    with pytest.raises(ValueError, match="neither a Hugging Face Siglip2 nor a single timm"):
         load_encoder(tmp_path / "other.safetensors")
     with pytest.raises(FileNotFoundError):
         load_encoder(tmp_path / "absent.safetensors")
+
+
+def test_prefix_picks_one_of_several_vits(tmp_path, timm_src):
+    student = "base_model.model.model.vision_tower.vision_tower."
+    sd = {f"{student}{k}": v for k, v in timm_src.state_dict().items()}
+    torch.manual_seed(5)
+    other = ViTEncoder(SRC).state_dict()
+    sd.update({f"{student[:-1]}_teacher.{k}": v for k, v in other.items()})
+    save_file(sd, tmp_path / "train.safetensors")
+    with pytest.raises(ValueError, match="prefix="):
+        load_encoder(tmp_path / "train.safetensors", heads=2, pos_grid=3)
+    enc = load_encoder(tmp_path / "train.safetensors", prefix=student, heads=2, pos_grid=3)
+    assert torch.equal(enc.pos_embed, timm_src.pos_embed)
+
+
+def test_hf_without_map_head_drops_the_head(hf_vision):
+    _, path = hf_vision
+    enc = load_encoder(path, map_head=False)
+    assert not hasattr(enc, "attn_pool")
+    assert not any(k.startswith(("attn_pool", "norm.")) for k in enc.state_dict())

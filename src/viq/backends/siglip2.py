@@ -151,7 +151,8 @@ def convert_hf_state_dict(sd: StateDict, cfg: EncoderConfig) -> StateDict:
             out[f"attn_pool.norm.{t}"] = sd.pop(f"head.layernorm.{t}")
             out[f"attn_pool.mlp.fc1.{t}"] = sd.pop(f"head.mlp.fc1.{t}")
             out[f"attn_pool.mlp.fc2.{t}"] = sd.pop(f"head.mlp.fc2.{t}")
-    leftover = sorted(k for k in sd if not k.startswith(("text_model.", "logit_")))
+    ignore = ("text_model.", "logit_") + (() if cfg.map_head else ("head.",))
+    leftover = sorted(k for k in sd if not k.startswith(ignore))
     if leftover:
         raise ValueError(f"unexpected Siglip2 vision keys (not mapped): {_short(leftover)}")
     return out
@@ -208,12 +209,14 @@ def resample_pos_table(pos: torch.Tensor, grid: int, antialias: bool = False) ->
 
 
 def load_encoder(path: str | Path, pos_resample_antialias: bool = False,
-                 **overrides: Any) -> ViTEncoder:
+                 prefix: str | None = None, **overrides: Any) -> ViTEncoder:
     """Build a `ViTEncoder` from SigLIP2 weights: an HF model directory or a timm/open_clip file.
 
     ``overrides`` are `EncoderConfig` fields (e.g. ``pos_grid=128``, ``gelu="exact"``,
     ``checkpointing=True``). A position table whose grid differs from ``pos_grid`` is resampled
-    bicubically. Raises with the missing / unexpected / mis-shaped keys when the weights do not fit.
+    bicubically. ``prefix`` picks the ViT inside a timm-layout file holding several (e.g. a ViQ
+    training checkpoint with student and teacher); by default the one prefix is found. Raises with
+    the missing / unexpected / mis-shaped keys when the weights do not fit.
     """
     path = Path(path)
     bad = sorted(set(overrides) - {f.name for f in dataclasses.fields(EncoderConfig)})
@@ -221,7 +224,7 @@ def load_encoder(path: str | Path, pos_resample_antialias: bool = False,
         raise TypeError(f"load_encoder: unknown override(s) {bad}; valid: EncoderConfig fields")
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
-    fmt, sd, cfg, ignored = _read_any(path, overrides)
+    fmt, sd, cfg, ignored = _read_any(path, overrides, prefix)
     sd["pos_embed"] = resample_pos_table(sd["pos_embed"], cfg.pos_grid, pos_resample_antialias)
     model = ViTEncoder(cfg)
     _load_strict(model, sd, path)
@@ -231,7 +234,8 @@ def load_encoder(path: str | Path, pos_resample_antialias: bool = False,
     return model
 
 
-def _read_any(path: Path, overrides: dict[str, Any]) -> tuple[str, StateDict, EncoderConfig, int]:
+def _read_any(path: Path, overrides: dict[str, Any],
+              prefix: str | None) -> tuple[str, StateDict, EncoderConfig, int]:
     """Detect the layout; return (layout name, our-named state dict, config, #ignored keys)."""
     config_json = path / "config.json" if path.is_dir() else path.with_name("config.json")
     if path.is_dir() and not config_json.exists():
@@ -251,15 +255,22 @@ def _read_any(path: Path, overrides: dict[str, Any]) -> tuple[str, StateDict, En
         vision = {k: v for k, v in raw.items() if not k.startswith(("text_model.", "logit_"))}
         native = dataclasses.replace(cfg, pos_grid=config_from_hf(hf_cfg).pos_grid)
         return "huggingface", convert_hf_state_dict(vision, native), cfg, len(raw) - len(vision)
-    try:
-        prefix = find_prefix(raw, _TIMM_PATCH_KEY)
-    except KeyError as e:
-        raise ValueError(f"{path}: neither a Hugging Face Siglip2 nor a timm/open_clip ViT state "
-                         f"dict ({e.args[0]}); first keys: {_short(sorted(raw))}") from None
+    if prefix is None:
+        try:
+            prefix = find_prefix(raw, _TIMM_PATCH_KEY)
+        except KeyError as e:
+            raise ValueError(f"{path}: neither a Hugging Face Siglip2 nor a single timm/open_clip "
+                             f"ViT state dict ({e.args[0]}; pass prefix=... to pick one); "
+                             f"first keys: {_short(sorted(raw))}") from None
     sd = {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}
     # keys outside the trunk (text tower, ViQ head, ...) and timm's Identity-free extras
     sd = {k: v for k, v in sd.items() if k.split(".")[0] in _TIMM_ROOTS}
+    for key in (_TIMM_PATCH_KEY, "pos_embed"):
+        if key not in sd:
+            raise ValueError(f"{path}: no '{prefix}{key}' tensor: not a ViT trunk state dict")
     cfg = config_from_timm(sd, **overrides)
+    if not cfg.map_head:  # the final norm and MAP head are not built: drop them
+        sd = {k: v for k, v in sd.items() if k.split(".")[0] not in ("norm", "attn_pool")}
     return f"timm (prefix '{prefix}')", sd, cfg, len(raw) - len(sd)
 
 

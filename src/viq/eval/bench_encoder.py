@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     tokens = int(nf.pixel_attention_mask.sum())
     print(f"{len(images)} images, {tokens} patches packed vs {nf.pixel_values.shape[0]}×"
           f"{nf.pixel_values.shape[1]} = {nf.pixel_values.shape[:2].numel()} padded (HF); "
-          f"width {args.width}, depth {args.depth}, heads {args.heads}, device {device}")
+          f"width {args.width}, depth {args.depth}, heads {args.heads}, device {device}, "
+          f"{torch.get_num_threads()} CPU threads")
     dtypes = ["fp32", "bf16"] if args.dtype == "both" else [args.dtype]
     ref = None
     if "bf16" in dtypes:
@@ -292,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                                     rows["fp32"]["max_abs_diff_pooled"]) <= args.atol
     if not ok:
         print(f"outputs disagree beyond --atol {args.atol}: the timing compares different models")
-    summary = {"bench": "encoder", "device": str(device), "images": len(images),
+    summary = {"bench": "encoder", "device": str(device), "threads": torch.get_num_threads(),
+               "images": len(images),
                "tokens": tokens, "padded_tokens": int(nf.pixel_values.shape[:2].numel()),
                "width": args.width, "depth": args.depth, "heads": args.heads,
                "outputs_agree": ok, "speedup_vs_hf": min(r["speedup"] for r in rows.values()),

@@ -37,8 +37,13 @@ def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return F.linear(x, weight, bias)
 
 
-def _lin(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    return linear_rows(x, layer.weight, layer.bias)
+def _lin(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` with the `linear_rows` padding; calls the module itself so that wrappers
+    (LoRA layers, hooks) still apply."""
+    n = x.shape[0]
+    if x.dim() == 2 and 0 < n < _MIN_GEMM_ROWS:
+        return layer(F.pad(x, (0, 0, 0, _MIN_GEMM_ROWS - n)))[:n]
+    return layer(x)
 
 
 def gelu(kind: str) -> nn.Module:
