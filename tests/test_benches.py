@@ -1,0 +1,33 @@
+"""The head and data benchmarks run in-process and end with their JSON line."""
+
+import json
+
+import pytest
+
+from viq.cli.main import main as viq_main
+
+
+def _last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_bench_head_quick(capsys):
+    assert viq_main(["bench", "head", "--quick", "--repeats", "1"]) == 0
+    res = _last_json(capsys.readouterr().out)
+    assert res["bench"] == "head" and res["quick"] is True
+    for dtype in ("fp32", "bf16"):
+        row = res["paper_width"][dtype]
+        assert row["total_s"] == pytest.approx(row["encoder_s"] + row["head_s"], rel=1e-6)
+    assert res["small"]["tiny"]["tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize("source", ["toy", "synth"])
+def test_bench_data_reports_loader_and_step(source, capsys):
+    argv = ["bench", "data", "--samples", "8", "--workers", "0", "--max-tokens", "1024",
+            "--source", source, "--resize", "64x32"]
+    assert viq_main(argv) == 0
+    res = _last_json(capsys.readouterr().out)
+    assert res["source"] == source and res["samples"] == 8
+    assert res["loader_json_w0_samples_per_s"] > 0 and res["step_samples_per_s"] > 0
+    assert res["keeps_up"] == (res["loader_json_w0_samples_per_s"] > res["step_samples_per_s"])
