@@ -73,3 +73,15 @@ def test_readme_library_snippet_runs(monkeypatch, tmp_path):
     codes, features = scope["codes"], scope["features"]
     assert codes[0].codes.shape[-1] == 4
     assert features.tokens.shape[0] == codes[0].codes.shape[0] * codes[0].codes.shape[1]
+
+
+def test_demo_set_overrides_are_applied_and_checked(tmp_path, capsys):
+    rc = viq_main(["demo", "--preset", "tiny", "--set", "head.levels=8,8,8,6,5",
+                   "--set", "image.resize=64x32", "--out", str(tmp_path)])
+    assert rc == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["levels"] == [8, 8, 8, 6, 5] and summary["codebook_size"] == 15360
+    assert summary["encoded_size"][0] * summary["encoded_size"][1] <= 96 * 96
+    rc = viq_main(["demo", "--preset", "tiny", "--set", "head.levels=many", "--out", str(tmp_path)])
+    assert rc == 2
+    assert "head.levels" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("viq_demo_out"),
                    help="output folder for the codes file and summary.json (default: viq_demo_out)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the preset's config, type-checked, repeatable "
+                        "(e.g. --set head.levels=8,8,8,6,5 --set image.resize=384x32)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                    help="model dtype (bf16 is the release's inference precision)")
     return p
@@ -51,7 +55,8 @@ def _load_model(args: argparse.Namespace):
     if args.weights is None:
         from viq.cli.encode import random_model
 
-        return random_model(args.preset, args.seed), f"random {args.preset} (seed {args.seed})"
+        model = random_model(args.preset, args.seed, args.overrides)
+        return model, f"random {args.preset} (seed {args.seed})"
     if (args.weights / "config.json").is_file():
         return ViQModel.from_pretrained(args.weights), str(args.weights)
     from viq.backends.release import load_release
@@ -67,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
 
     path = args.image or bundled_photo()
     t0 = time.perf_counter()
-    model, model_id = _load_model(args)
+    try:
+        model, model_id = _load_model(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"viq demo: cannot build the model: {e}", file=sys.stderr)
+        return 2
     model = model.eval().to(torch.bfloat16 if args.dtype == "bf16" else torch.float32)
     try:
         original = load_image(path)

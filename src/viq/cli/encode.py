@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-init", action="store_true",
                    help="with --preset: random weights (seeded; codes are meaningless)")
     p.add_argument("--seed", type=int, default=0, help="seed for --random-init (default 0)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --preset: override a config field, type-checked, repeatable "
+                        "(e.g. --set head.levels=8,8,8,6,5 --set encoder.depth=4)")
     p.add_argument("--size", help="FSQ size of --weights if the path does not name it (e.g. 16k)")
     p.add_argument("--resize", help="override the model's resize rule: native or <base>x<align>")
     p.add_argument("--max-tokens", type=int, default=16384,
@@ -97,17 +100,23 @@ def _load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
     if not args.random_init:
         raise SystemExit("viq encode: --preset needs --random-init (a preset has no trained "
                          "weights); use --checkpoint or --weights for real codes")
-    return random_model(args.preset, args.seed), f"random:{args.preset}:seed{args.seed}"
+    return (random_model(args.preset, args.seed, args.overrides),
+            f"random:{args.preset}:seed{args.seed}")
 
 
-def random_model(preset: str, seed: int) -> torch.nn.Module:
-    """A seeded random model whose codes vary (project_in calibrated on the bundled photo)."""
+def random_model(preset: str, seed: int, overrides: list[str] | tuple[str, ...] = ()
+                 ) -> torch.nn.Module:
+    """A seeded random model whose codes vary (project_in calibrated on the bundled photo).
+
+    ``overrides``: ``a.b=value`` assignments applied to the preset (``viq.config.override``).
+    """
+    from viq.config import override
     from viq.data.bundled import bundled_photo
     from viq.data.images import load_for_encoder
     from viq.model.viq import ViQModel
     from viq.presets import get_preset
 
-    cfg = get_preset(preset)
+    cfg = override(get_preset(preset), list(overrides))
     torch.manual_seed(seed)
     model = ViQModel(cfg).eval()
     with torch.no_grad():
@@ -180,7 +189,11 @@ def run(args: argparse.Namespace) -> int:
     jobs, failures = expand_inputs(args.inputs, args.out)
     todo = [j for j in jobs if args.overwrite or not j.out.is_file()]
     skipped = len(jobs) - len(todo)
-    model, model_id = _load_model(args)
+    try:
+        model, model_id = _load_model(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"viq encode: cannot build the model: {e}", file=sys.stderr)
+        return 2
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     model = model.to(device=args.device, dtype=dtype).eval()
     img_cfg = model.cfg.image
