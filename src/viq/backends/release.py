@@ -10,13 +10,14 @@ Files of a release folder (``converted_<size>/``, size ∈ 2k 4k 8k 16k 64k → 
 - ``index_drawer.pth`` (bf16): the embedder's keys plus ``vae_preprocess_layers.*`` and
   ``vae_head.*`` (codes → image).
 
-Our parameter names are the release's up to fixed prefixes (`HEAD_PREFIXES`, `EMBEDDER_PREFIXES`).
-The VAE adapter / VAE tensors have no module here yet: they are kept as ``extras`` (shape-checked
-against SPEC B6.3 where it gives shapes), reported, and written back on export, so an
-import → export round trip reproduces every file. Files are read with
-``torch.load(weights_only=True)`` (memory-mapped). Loading sets ``head.official_compat`` through the
-``released(size)`` config (the release's numerics, SPEC B8.1) unless a ``config.json`` beside the
-files (written by `export_release`) says otherwise.
+Our parameter names are the release's up to fixed prefixes (`HEAD_PREFIXES`, `EMBEDDER_PREFIXES`,
+`LATENT_PREFIXES`). `load_release` keeps the VAE adapter / VAE tensors as ``extras`` (shape-checked
+against SPEC B6.3 where it gives shapes), reports them and writes them back on export, so an
+import → export round trip reproduces every file; `load_drawer` turns them into a `LatentHead` and
+the diffusers Qwen-Image VAE (`viq.backends.vae`) for codes → image (`ViQDrawer`).
+Files are read with ``torch.load(weights_only=True)`` (memory-mapped). Loading sets
+``head.official_compat`` through the ``released(size)`` config (the release's numerics, SPEC
+B8.1) unless a ``config.json`` beside the files (written by `export_release`) says otherwise.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ HEAD_PREFIXES: tuple[tuple[str, str], ...] = (
     ("head.post_affine_weight", "fusion_block.vq_low_norm_trick_post_quantize_affine_weight"),
     ("head.post_affine_bias", "fusion_block.vq_low_norm_trick_post_quantize_affine_bias"),
     ("encoder.", ""),  # the ViT's names are the release's flat names
+)
+# `LatentHead` names → release names (SPEC B6.3 "VAE adapter", "VAE head")
+LATENT_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("preprocess_layers.", "vae_preprocess_layers."),
+    ("conv_norm_out.", "vae_head.conv_norm_out."),
+    ("conv_out.", "vae_head.conv_out."),
 )
 EMBEDDER_PREFIXES: tuple[tuple[str, str], ...] = (
     ("head.project_out.", "projector_1."),
@@ -224,7 +231,7 @@ def _check_decode_file(model: ViQModel, path: Path, extras: dict[str, torch.Tens
         same = sum(1 for k, v in rest.items() if k in extras and torch.equal(
             v.to(torch.bfloat16), extras[k].to(torch.bfloat16)))
         lines.append(f"{path.name}: {len(rest)} VAE adapter/VAE tensors, {same} equal to the "
-                     "model file's (not used here: no VAE decode module yet)")
+                     "model file's (the model file's are used by load_drawer)")
         for k, v in rest.items():
             extras.setdefault(k, v)
     return lines
@@ -263,7 +270,7 @@ def check_vae_extras(extras: dict[str, torch.Tensor], width: int, source: str) -
     absent = [k for k in expected if k not in extras]
     vae = sum(1 for k in extras if k.startswith("vae_head.vae."))
     line = (f"{source}: {len(expected) - len(absent)}/{len(expected)} VAE adapter/head tensors "
-            f"with the expected shapes, {vae} VAE tensors (kept, not used: no VAE decode module)")
+            f"with the expected shapes, {vae} VAE tensors (codes → image: load_drawer)")
     if absent:
         line += f"; missing {absent[:3]}"
     return [line]
@@ -304,3 +311,54 @@ def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def latent_head_state_dict(head) -> dict[str, torch.Tensor]:
+    """A `LatentHead`'s tensors under the release's ``vae_preprocess_layers.*`` /
+    ``vae_head.conv_*`` names (for export as ``extras``)."""
+    return {_rename(k, LATENT_PREFIXES): v for k, v in head.state_dict().items()}
+
+
+def _build_latent_head(extras: dict[str, torch.Tensor], cfg: ModelConfig, dtype: torch.dtype,
+                       source: str):
+    from viq.model.latent import LatentHead
+
+    ours = {}
+    for k, v in extras.items():
+        name = _rename(k, LATENT_PREFIXES, reverse=True)
+        if name is not None:
+            ours[name] = v.to(dtype, copy=True)  # a copy: not tied to the memory map
+    if "conv_out.weight" not in ours:
+        raise ValueError(f"{source}: no VAE head tensors (vae_head.conv_out.*); this release "
+                         "folder cannot draw images (it needs index_drawer.pth)")
+    # blocks = adapter entries after the Mlp (0) and the LayerNorm (1)
+    blocks = len({k.split(".")[1] for k in ours if k.startswith("preprocess_layers.")}) - 2
+    with torch.device("meta"):
+        head = LatentHead(cfg.encoder.width, cfg.encoder.heads, blocks=max(blocks, 0),
+                          latent_channels=int(ours["conv_out.weight"].shape[0]) // 4)
+    _load_strict(head, ours, source)
+    return head.eval()
+
+
+def load_drawer(path: str | Path, size: str | None = None, config: ModelConfig | None = None,
+                dtype: torch.dtype = torch.float32):
+    """A `ViQDrawer` (codes → image) from a release folder (SPEC B4.2, B6.5, B6.7 step 5).
+
+    The model comes from ``model_viq_fsq_<size>.pth`` (as `load_release`); the latent head and the
+    VAE from its ``vae_*`` tensors, else from ``index_drawer.pth``. The adapter runs with the
+    encoder's head count (16 at C = 1536, as the release's code). ``drawer.report`` holds the
+    loader's report. The release decodes in bf16 (``dtype=torch.bfloat16``).
+    """
+    from viq.backends.vae import build_vae, strip_vae_prefix
+    from viq.model.drawer import ViQDrawer
+
+    rw = load_release(path, size=size, config=config, dtype=dtype)
+    source = str(path)
+    head = _build_latent_head(rw.extras, rw.model.cfg, dtype, source)
+    vae = build_vae(strip_vae_prefix(rw.extras), dtype=dtype, source=source)
+    drawer = ViQDrawer(rw.model, head, vae).eval()
+    blocks = len(head.preprocess_layers) - 2
+    drawer.report = rw.report + [f"{source}: drawer = embed → LatentHead(width {head.width}, "
+                                 f"{blocks} blocks) → Qwen-Image VAE (base_dim "
+                                 f"{vae.config.base_dim}, z_dim {vae.config.z_dim})"]
+    return drawer
