@@ -9,7 +9,7 @@ out="${1:-gpu_results}"
 mkdir -p "$out"
 export HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
-python -m pytest -q tests/test_cuda.py tests/test_vit.py tests/test_viq_model.py | tee "$out/tests.txt"
+python -m pytest -q tests/test_cuda.py tests/test_release_compat.py tests/test_vit.py tests/test_viq_model.py | tee "$out/tests.txt"
 viq bench encoder --device cuda --dtype both --images 64 | tee "$out/bench_encoder.txt"
 viq bench encoder --device cuda --dtype bf16 --images 64 --width 1536 --depth 40 --heads 16 \
     --mlp-dim 6144 --pos-grid 128 | tee "$out/bench_encoder_paper.txt"

@@ -9,8 +9,8 @@ from viq.cli.main import main as viq_main
 
 FLAGS = {
     "demo": "--dtype --image --out --preset --seed --set --weights",
-    "encode": "--checkpoint --device --dtype --max-tokens --out --overwrite --preset --quiet "
-              "--random-init --resize --seed --set --size --weights -o",
+    "encode": "--center-crop --checkpoint --device --dtype --max-tokens --out --overwrite "
+              "--preset --quiet --random-init --resize --seed --set --size --weights -o",
     "decode": "--device --dtype --out --overwrite --quiet --size --weights -o",
     "bench encoder": "--atol --depth --device --dtype --heads --images --max-size --min-size "
                      "--mlp-dim --patch --pos-grid --quick --repeats --seed --warmup --width",

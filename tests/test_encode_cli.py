@@ -103,3 +103,17 @@ def test_bf16_and_usage_errors(photos, tmp_path):
     with pytest.raises(SystemExit, match="would both write"):
         main([str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png"), "-o", str(out),
               "--preset", "tiny", "--random-init"])
+
+
+def test_center_crop_uses_the_reference_preprocessing(photos, ckpt, tmp_path):
+    out = tmp_path / "crop"
+    src = sorted(p for p in photos.iterdir() if p.suffix == ".png")[0]
+    rc = main([str(src), "-o", str(out), "--checkpoint", str(ckpt), "--center-crop", "64",
+               "--quiet"])
+    assert rc == 0
+    (written,) = out.glob("*.codes.safetensors")
+    cf = load_codes(written)
+    assert cf.image_size == (64, 64) and cf.codes.grid == (4, 4)
+    with pytest.raises(SystemExit, match="center-crop"):
+        main([str(src), "-o", str(out), "--checkpoint", str(ckpt), "--center-crop", "64",
+              "--resize", "native"])

@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. --set head.levels=8,8,8,6,5 --set encoder.depth=4)")
     p.add_argument("--size", help="FSQ size of --weights if the path does not name it (e.g. 16k)")
     p.add_argument("--resize", help="override the model's resize rule: native or <base>x<align>")
+    p.add_argument("--center-crop", type=int, default=None, metavar="N",
+                   help="the reference implementation's inference preprocessing instead of the "
+                        "resize rule: short side -> N (bicubic), centred NxN crop (its encode "
+                        "API uses 1024); use it to reproduce the reference's codes")
     p.add_argument("--max-tokens", type=int, default=16384,
                    help="patch budget per batch (default 16384; a larger image runs alone)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -155,11 +159,20 @@ def expand_inputs(inputs: list[str], out: Path) -> tuple[list[Job], list[str]]:
     return unique, problems
 
 
-def _load_one(job: Job, cfg) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
-    from viq.data.images import load_image, resize_image, to_tensor
+def _load_one(job: Job, cfg, center_crop: int | None = None
+              ) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+    from viq.data.images import (
+        load_image,
+        release_resize_and_center_crop,
+        resize_image,
+        to_tensor,
+    )
 
     img = load_image(job.source, max_image_pixels=cfg.max_image_pixels)
-    resized = resize_image(img, cfg)
+    if center_crop:
+        resized = release_resize_and_center_crop(img, center_crop)
+    else:
+        resized = resize_image(img, cfg)
     return to_tensor(resized), resized.size, img.size
 
 
@@ -186,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_tokens < 1:
         raise SystemExit("viq encode: --max-tokens must be positive")
+    if args.center_crop is not None and (args.center_crop < 16 or args.resize):
+        raise SystemExit("viq encode: --center-crop needs a side >= 16 and excludes --resize")
     jobs, failures = expand_inputs(args.inputs, args.out)
     todo = [j for j in jobs if args.overwrite or not j.out.is_file()]
     skipped = len(jobs) - len(todo)
@@ -203,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     written, batch, tokens = 0, [], 0
     for job in tqdm(todo, desc="encode", unit="img", disable=args.quiet):
         try:
-            pixels, size, orig = _load_one(job, img_cfg)
+            pixels, size, orig = _load_one(job, img_cfg, args.center_crop)
         except ImageError as e:
             failures.append(str(e))
             continue

@@ -3,7 +3,8 @@
 Implements SPEC B1.5 (the release's preprocessing: RGB, the ``"<base>x<align>"`` area rule, the
 ``[W, H]`` list form, BILINEAR resize, x/255 then (x − 0.5)/0.5) and Part C 3 (``min_pixels`` /
 ``max_pixels`` budgets, 32-px default alignment so patch grids are even). The rules, with worked
-examples, are in docs/images.md.
+examples, are in docs/images.md. `load_for_release_inference` reproduces the release's inference
+preprocessing instead (short side → 1024 BICUBIC, centred square crop).
 
 Loading (`load_image`) never lets a raw Pillow/OS error escape: every unusable input (missing,
 empty, not an image, truncated, corrupt, too many pixels, unconvertible colour mode) raises
@@ -327,3 +328,49 @@ def load_for_encoder(source: str | Path | bytes, cfg: ImageConfig,
     """load_image → resize_image → to_tensor: the (3, H, W) input of the ViT encoder."""
     img = load_image(source, name=name, max_image_pixels=cfg.max_image_pixels)
     return to_tensor(resize_image(img, cfg, spec))
+
+
+# ----------------------------------------------------------------------------------------------
+# The release's inference preprocessing (its encode demo and weight check), for exact comparisons
+# ----------------------------------------------------------------------------------------------
+
+RELEASE_INFERENCE_SIZE = 1024  # the release's default target side at inference
+
+
+def release_crop_geometry(width: int, height: int, target: int = RELEASE_INFERENCE_SIZE
+                          ) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """((W', H'), box) of the release's inference crop for a ``width``×``height`` image.
+
+    The short side is scaled to ``target`` and the long side to ``int(target / short · long)``
+    (truncated, same float operation order); the box is the centred ``target``² square, each edge
+    rounded half to even (Pillow's rounding of a fractional crop box).
+    """
+    if width < 1 or height < 1 or target < 1:
+        raise ValueError(f"release_crop_geometry: sizes must be positive, got {width}×{height} "
+                         f"and target {target}")
+    if width < height:
+        size = (target, int((target / width) * height))
+    else:
+        size = (int((target / height) * width), target)
+    w, h = size
+    edges = ((w - target) / 2, (h - target) / 2, (w + target) / 2, (h + target) / 2)
+    box = tuple(int(round(e)) for e in edges)
+    return size, box  # type: ignore[return-value]
+
+
+def release_resize_and_center_crop(img: Image.Image, target: int = RELEASE_INFERENCE_SIZE
+                                   ) -> Image.Image:
+    """The release's inference preprocessing of an RGB image: short side → ``target`` with PIL
+    BICUBIC (Pillow's default filter), then a centred ``target``×``target`` crop."""
+    size, box = release_crop_geometry(img.width, img.height, target)
+    return img.resize(size, Image.Resampling.BICUBIC).crop(box)
+
+
+def load_for_release_inference(source: str | Path | bytes, target: int = RELEASE_INFERENCE_SIZE,
+                               name: str | None = None,
+                               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
+    """load_image → `release_resize_and_center_crop` → `to_tensor`: a (3, target, target) input
+    equal to the release's inference pixels (cast it to bf16, as the release does, by running a
+    bf16 model). Loading differs from the release only as `load_image` documents (EXIF, alpha)."""
+    img = load_image(source, name=name, max_image_pixels=max_image_pixels)
+    return to_tensor(release_resize_and_center_crop(img, target))

@@ -135,7 +135,9 @@ class ViQHead(nn.Module):
         sub = self.pre_token_shuffle_head(t).reshape(n * s, w)
         sub = self.post_token_shuffle_head(sub)
         sub = self.positions.add_learned(sub, grids)
-        angles = self.positions.angles(grids, sub.device)
+        # compat: the release evaluates bf16 cos/sin of CPU angle tables (B8.1 ⚑), also on GPU
+        rope_device = torch.device("cpu") if self.cfg.official_compat else sub.device
+        angles = self.positions.angles(grids, rope_device)
         lengths = [h * ww for h, ww in grids]  # attention runs over patches, slots are heads
         for blk in self.fsq_pre_attn:
             sub = blk(sub, lengths, angles)

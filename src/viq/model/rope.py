@@ -18,7 +18,8 @@ with F = head_dim/2 pairs and tokens in row-major (raster) order, plus one rotat
 
 Numerics (B8.1 ⚑): the tables are built in fp32 on the CPU (float64 tables changed 1.3–9.5 % of
 the release's codes); ``compat=True`` casts the fp32 angles to x's dtype (bf16) *before* cos/sin
-and keeps cos/sin and the rotation in that dtype, as the release does (|θ| reaches ~28 rad, where
+and keeps cos/sin (evaluated on the CPU, also for a GPU model) and the rotation in that dtype,
+as the release does (|θ| reaches ~28 rad, where
 the bf16 step is 0.125); ``compat=False`` rotates in fp32 and casts back.
 
 The frequency table is a plain attribute (not a buffer): it is not in the state dict and a
@@ -136,7 +137,8 @@ def apply_rope(x: Tensor, angles: Tensor, compat: bool) -> Tensor:
     """Rotate-half RoPE on the last axis of x (..., D) by angles broadcastable to (..., D/2).
 
     Typically x is q or k as (N, n_heads, D) and angles (N, n_heads, D/2). ``compat=True``
-    reproduces the release: angles cast to x.dtype before cos/sin, rotation in x.dtype.
+    reproduces the release: angles cast to x.dtype before cos/sin, cos/sin evaluated on the
+    angles' device (pass CPU angles, as the release's tables are) and the rotation in x.dtype.
     ``compat=False``: everything in fp32 (fp64 for fp64 x), result cast back to x.dtype.
     """
     half = x.shape[-1] // 2
@@ -144,13 +146,16 @@ def apply_rope(x: Tensor, angles: Tensor, compat: bool) -> Tensor:
         raise ValueError(f"apply_rope: x has {x.shape[-1]} channels and angles {angles.shape[-1]} "
                          "pairs; x needs an even last axis of twice the angle pairs")
     if compat:
-        theta = angles.to(device=x.device, dtype=x.dtype)
+        # cos/sin of the down-cast angles on the angles' device (the release's are CPU tables,
+        # so a GPU run still takes the CPU's bf16 cos/sin), then moved to x
+        theta = angles.to(dtype=x.dtype)
+        cos, sin = torch.cos(theta).to(x.device), torch.sin(theta).to(x.device)
         a, b = x.chunk(2, dim=-1)
     else:
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         theta = angles.to(device=x.device, dtype=work)
+        cos, sin = torch.cos(theta), torch.sin(theta)
         a, b = x.to(work).chunk(2, dim=-1)
-    cos, sin = torch.cos(theta), torch.sin(theta)
     # Separate multiplies and adds (no fused ops): each step rounds like the release's.
     out = torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1)
     return out.to(x.dtype)
