@@ -60,7 +60,7 @@ def test_demo_reports_a_bad_image(tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")
     assert viq_main(["demo", "--preset", "tiny", "--image", str(bad), "--out", str(tmp_path)]) == 1
-    assert "bad.jpg" in capsys.readouterr().out
+    assert "bad.jpg" in capsys.readouterr().err
 
 
 def test_readme_library_snippet_runs(monkeypatch, tmp_path):

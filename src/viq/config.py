@@ -51,6 +51,7 @@ class EncoderConfig:
                f"width {self.width} is not divisible by heads {self.heads}")
         _check(self.mlp_dim > 0, "encoder.mlp_dim", "must be positive")
         _check(self.pos_grid > 0, "encoder.pos_grid", "must be positive")
+        _check(0 < self.ln_eps < 1, "encoder.ln_eps", f"must be in (0, 1), got {self.ln_eps}")
         _check(self.gelu in ("exact", "tanh"), "encoder.gelu", "must be 'exact' or 'tanh'")
 
     @property
@@ -79,6 +80,7 @@ class ImageConfig:
         _check(self.align > 0, "image.align", "must be positive")
         _check(self.min_pixels >= 0 and self.max_pixels >= 0, "image.min_pixels/max_pixels",
                "must be >= 0 (0 = no bound)")
+        _check(self.max_image_pixels > 0, "image.max_image_pixels", "must be positive")
         if self.max_pixels and self.min_pixels:
             _check(self.min_pixels <= self.max_pixels, "image.min_pixels",
                    f"{self.min_pixels} exceeds image.max_pixels {self.max_pixels}")

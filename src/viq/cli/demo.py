@@ -77,11 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"viq demo: cannot build the model: {e}", file=sys.stderr)
         return 2
+    if not model.head.has_codes:
+        print(f"viq demo: head.quantizer={model.cfg.head.quantizer!r} gives no discrete codes; "
+              "the demo needs an FSQ head (drop --set head.quantizer=...)", file=sys.stderr)
+        return 2
     model = model.eval().to(torch.bfloat16 if args.dtype == "bf16" else torch.float32)
     try:
         original = load_image(path)
     except ImageError as e:
-        print(f"viq demo: {e}")
+        print(f"viq demo: {e}", file=sys.stderr)
         return 1
     img = resize_image(original, model.cfg.image)
     pixels = to_tensor(img)

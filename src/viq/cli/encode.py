@@ -209,6 +209,10 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"viq encode: cannot build the model: {e}", file=sys.stderr)
         return 2
+    if not model.head.has_codes:
+        print(f"viq encode: head.quantizer={model.cfg.head.quantizer!r} gives no discrete "
+              "codes; encode needs an FSQ head (head.quantizer=fsq)", file=sys.stderr)
+        return 2
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     model = model.to(device=args.device, dtype=dtype).eval()
     img_cfg = model.cfg.image

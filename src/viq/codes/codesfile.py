@@ -88,6 +88,11 @@ def load_codes(path: str | Path) -> CodesFile:
                          "re-run viq encode with --overwrite for it") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    absent = [k for k in ("levels", "grid", "codebook_size", "image_size", "original_size")
+              if k not in meta]
+    if absent:
+        raise ValueError(f"{path}: {FORMAT} metadata lacks {', '.join(absent)}; the file is "
+                         "damaged — re-run viq encode with --overwrite for it")
     levels = tuple(int(v) for v in meta["levels"].split(","))
     ic = ImageCodes(codes.to(torch.int64), levels)
     if ic.grid != _pair(meta["grid"]) or ic.codebook_size != int(meta["codebook_size"]):

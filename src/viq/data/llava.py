@@ -124,6 +124,10 @@ def _image_entries(raw: dict, key: str, source: str) -> list[dict]:
             what = ("packed byte-range images (patch/start_num/size) are not supported"
                     if "patch" in e else f"image entry {e!r} has no 'img_path'")
             raise sample_error("malformed", key, source, what)
+        where = e.get("member", e.get("img_path"))
+        if not isinstance(where, str):  # e.g. {"img_path": 5}: a bad sample, not a crash
+            raise sample_error("malformed", key, source,
+                               f"image path {where!r} is a {type(where).__name__}, not a string")
         out.append(e)
     return out
 
@@ -185,22 +189,22 @@ def read_records(path: str | Path) -> list[RawRecord]:
     if not path.is_file():
         raise FileNotFoundError(f"dataset file {path} does not exist")
     stem = path.stem
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         out = []
-        with path.open(encoding="utf-8") as f:
+        with path.open("rb") as f:  # bytes: one line that is not UTF-8 is one bad record
             for n, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
                 try:
-                    raw = json.loads(line)
-                except json.JSONDecodeError as e:
+                    raw = json.loads(line.decode("utf-8-sig" if n == 1 else "utf-8"))
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
                     out.append(RawRecord(f"{stem}:{n}", f"{path}:{n}", None, f"invalid JSON ({e})"))
                     continue
                 out.append(RawRecord(_key(raw, stem, n), f"{path}:{n}", raw))
         return out
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: tolerate a BOM
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e}); a LLaVA dataset is a JSON list of "
                          "records or a .jsonl file with one record per line") from None
     if not isinstance(data, list):

@@ -41,6 +41,7 @@ from viq.data.llava import Sample, parse_record, parse_sample, read_records
 from viq.data.policy import BadSample, BadSamplePolicy, SampleError, sample_error
 from viq.data.shards import (
     MAX_MEMBER_BYTES,
+    ShardError,
     ShardRecord,
     consumer_plan,
     list_shards,
@@ -105,6 +106,11 @@ class ShardSource:
     def get(self, u: int, i: int) -> tuple[Sample, Any]:
         if self._cache is None or self._cache[0] != u:
             self._cache = (u, read_shard(self.files[u], self.max_member_bytes))
+            if len(self._cache[1]) != self.sizes[u]:
+                raise ShardError(f"{self.files[u]}: holds {len(self._cache[1])} samples but "
+                                 f"index.json says {self.sizes[u]}; the shards were rewritten "
+                                 "or damaged: delete index.json (it is rebuilt by counting) or "
+                                 "re-create the shards with write_shards")
         rec = self._cache[1][i]
         if rec.raw is None:
             raise sample_error("malformed", rec.key, rec.source, "missing or invalid .json member")

@@ -73,6 +73,9 @@ def _image_bytes(entry: Any, root: Path, key: str, source: str) -> tuple[bytes, 
         ext = str(entry.get("ext", "png")).lower().lstrip(".")
         data = bytes(entry["data"])
     elif "img_path" in entry:
+        if not isinstance(entry["img_path"], str) or not entry["img_path"]:
+            raise sample_error("malformed", key, source,
+                               f"img_path {entry['img_path']!r} is not a non-empty string")
         p = Path(entry["img_path"])
         p = p if p.is_absolute() else root / p
         if not inside_root(p, root):
@@ -103,6 +106,9 @@ def write_shards(samples: Iterable[dict], out_dir: str | Path, *, samples_per_sh
         raise ValueError(f"shard prefix {prefix!r} must be letters, digits, '-' or '_'")
     out, root = Path(out_dir), Path(image_root) if image_root is not None else Path.cwd()
     out.mkdir(parents=True, exist_ok=True)
+    # A stale index from an earlier run would disagree with shards this run rewrites if it is
+    # interrupted; without an index, readers count the shards themselves.
+    (out / INDEX).unlink(missing_ok=True)
     policy = policy or BadSamplePolicy("fail")
     paths: list[Path] = []
     counts: list[int] = []

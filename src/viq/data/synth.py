@@ -83,6 +83,11 @@ class SynthConfig:
                              f"got {self.categories}")
         if self.image_format not in ("png", "jpeg"):
             raise ValueError(f"synth: image_format must be png or jpeg, got {self.image_format}")
+        if self.resize is not None:  # refuse now rather than make every written sample bad
+            from viq.config import ImageConfig
+            from viq.data.images import parse_resize
+
+            parse_resize(self.resize, ImageConfig())
 
 
 def split_counts(n: int, fractions: tuple[float, ...]) -> list[int]:

@@ -130,6 +130,13 @@ class ViQModel(nn.Module):
             if c.dim() != 3 or c.shape[-1] != s:
                 raise ValueError(f"embed: codes {i} have shape {tuple(c.shape)}, expected "
                                  f"(h, w, {s})")
+            k = self.head.quantizer.codebook_size if self.head.has_codes else None
+            # FSQ's digit decomposition would silently wrap an out-of-range index
+            if k is not None and (c.is_floating_point() or c.dtype == torch.bool or (
+                    c.numel() and (int(c.long().min()) < 0 or int(c.long().max()) >= k))):
+                raise ValueError(f"embed: codes {i} ({c.dtype}) are not integers in [0, {k}) "
+                                 f"for levels {list(self.levels)}; were they written for "
+                                 "another codebook size?")
             flat.append(c.reshape(-1))  # (h, w, S) -> (h·w·S,) patch-major
             grids.append((int(c.shape[0]), int(c.shape[1])))
         if not flat:
@@ -164,7 +171,12 @@ class ViQModel(nn.Module):
         cfg = load_json(ModelConfig, cfg_path)
         with torch.device("meta"):
             model = cls(cfg)
-        state = load_file(str(w_path), device=str(device))
+        try:
+            state = load_file(str(w_path), device=str(device))
+        except Exception as e:  # safetensors raises its own error type for damaged files
+            raise ValueError(f"{w_path}: not a readable safetensors file ({type(e).__name__}: "
+                             f"{e}); the checkpoint is damaged or incomplete: re-save or "
+                             "re-copy it") from None
         _load_strict(model, state, str(w_path))
         model.eval()
         return model.to(dtype) if dtype is not None else model

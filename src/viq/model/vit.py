@@ -124,6 +124,9 @@ class ViTEncoder(nn.Module):
             if img.dim() != 3 or img.shape[0] != 3:
                 raise ValueError(f"ViTEncoder: image {i} has shape {tuple(img.shape)}, "
                                  "expected (3, H, W)")
+            if img.shape[1] < 1 or img.shape[2] < 1:
+                raise ValueError(f"ViTEncoder: image {i} is empty ({tuple(img.shape)}); "
+                                 "every image needs at least one pixel")
             padded.append(pad_to_patch(img, p))
         grids = [(img.shape[1] // p, img.shape[2] // p) for img in padded]
         # one resize per distinct grid: mixed batches often repeat sizes (bucketed resize rules)
