@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from viq.config import EncoderConfig
+from viq.model.state import short_list, state_mismatch
 from viq.model.vit import ViTEncoder
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def convert_hf_state_dict(sd: StateDict, cfg: EncoderConfig) -> StateDict:
     ignore = ("text_model.", "logit_") + (() if cfg.map_head else ("head.",))
     leftover = sorted(k for k in sd if not k.startswith(ignore))
     if leftover:
-        raise ValueError(f"unexpected Siglip2 vision keys (not mapped): {_short(leftover)}")
+        raise ValueError(f"unexpected Siglip2 vision keys (not mapped): {short_list(leftover)}")
     return out
 
 
@@ -261,7 +262,7 @@ def _read_any(path: Path, overrides: dict[str, Any],
         except KeyError as e:
             raise ValueError(f"{path}: neither a Hugging Face Siglip2 nor a single timm/open_clip "
                              f"ViT state dict ({e.args[0]}; pass prefix=... to pick one); "
-                             f"first keys: {_short(sorted(raw))}") from None
+                             f"first keys: {short_list(sorted(raw))}") from None
     sd = {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}
     # keys outside the trunk (text tower, ViQ head, ...) and timm's Identity-free extras
     sd = {k: v for k, v in sd.items() if k.split(".")[0] in _TIMM_ROOTS}
@@ -279,21 +280,8 @@ _TIMM_ROOTS = ("patch_embed", "pos_embed", "blocks", "norm", "attn_pool")
 
 def _load_strict(model: ViTEncoder, sd: StateDict, path: Path) -> None:
     own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = sorted(f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-                    for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
-    if missing or unexpected or shapes:
-        raise ValueError(
-            f"{path}: weights do not fit the encoder config {model.cfg}.\n"
-            f"  missing keys: {_short(missing)}\n  unexpected keys: {_short(unexpected)}\n"
-            f"  shape mismatches: {_short(shapes)}\n"
-            "Fix the config with load_encoder(path, <field>=...) overrides.")
+    problem = state_mismatch(own, sd)
+    if problem:
+        raise ValueError(f"{path}: weights do not fit the encoder config {model.cfg}: {problem}. "
+                         "Fix the config with load_encoder(path, <field>=...) overrides.")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
-
-
-def _short(items: list[str], n: int = 8) -> str:
-    if not items:
-        return "none"
-    more = f" … (+{len(items) - n} more)" if len(items) > n else ""
-    return ", ".join(items[:n]) + more

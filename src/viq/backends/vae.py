@@ -21,6 +21,8 @@ import re
 
 import torch
 
+from viq.model.state import state_mismatch
+
 VAE_PREFIX = "vae_head.vae."
 # Qwen-Image's VAE (SPEC B4.1 step 4): used where the tensors do not determine a field
 QWEN_IMAGE_VAE = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
@@ -75,15 +77,10 @@ def build_vae(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32
     cfg = vae_config_from_state(state)
     with torch.device("meta"):
         vae = AutoencoderKLQwenImage(**cfg)
-    own = vae.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-           for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or bad:
+    problem = state_mismatch(vae.state_dict(), state)
+    if problem:
         raise ValueError(f"{source}: the VAE tensors do not fit diffusers AutoencoderKLQwenImage"
-                         f"({cfg}): missing {missing[:5]}, unexpected {unexpected[:5]}, shape "
-                         f"mismatches {bad[:3]}; is this a Qwen-Image VAE saved by another "
+                         f"({cfg}): {problem}; is this a Qwen-Image VAE saved by another "
                          "diffusers version? (a renamed key shows up here)")
     # a copy in the target dtype: the VAE must not depend on a memory-mapped file
     vae.load_state_dict({k: v.to(device=device, dtype=dtype, copy=True) for k, v in state.items()},

@@ -25,6 +25,7 @@ from torch import nn
 from viq.config import ModelConfig, from_dict, load_json, save_json
 from viq.model.head import HeadOutput, ViQHead
 from viq.model.packing import Packed
+from viq.model.state import state_mismatch
 from viq.model.vit import ViTEncoder
 
 CONFIG_NAME = "config.json"
@@ -188,16 +189,10 @@ class ViQModel(nn.Module):
 
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load with assign=True (meta-built model), naming missing/unexpected/mis-shaped keys."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-           for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or bad:
-        raise ValueError(f"{source}: weights do not match the config: "
-                         f"missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
-                         f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}, "
-                         f"shape mismatches {bad[:5]}; was the file written for another config?")
+    problem = state_mismatch(model.state_dict(), state)
+    if problem:
+        raise ValueError(f"{source}: weights do not match the config: {problem}; was the file "
+                         "written for another config?")
     model.load_state_dict(state, strict=True, assign=True)
     _rebuild_buffers(model, state)
 
