@@ -10,12 +10,13 @@ exit code is 1 if any input failed. Existing outputs are skipped unless ``--over
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
 from pathlib import Path
 
 import torch
 
+from viq.cli.inputs import Job, report
+from viq.cli.inputs import expand_inputs as expand_file_inputs
 from viq.codes.codesfile import SUFFIX, load_codes
 
 EPILOG = f"""\
@@ -60,30 +61,10 @@ def _png_name(name: str) -> str:
     return str(Path(stem).with_suffix(".png")) if Path(stem).suffix else stem + ".png"
 
 
-def expand_inputs(inputs: list[str], out: Path) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """Inputs → (codes file, PNG path) pairs, plus problems found here (no match)."""
-    jobs: list[tuple[Path, Path]] = []
-    problems: list[str] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(f for f in path.rglob(f"*{SUFFIX}") if f.is_file())
-            if not found:
-                problems.append(f"{item}: directory contains no {SUFFIX} files")
-            jobs += [(f, out / _png_name(str(f.relative_to(path)))) for f in found]
-        elif glob.has_magic(item):
-            found = sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
-            if not found:
-                problems.append(f"{item}: the pattern matches no files")
-            jobs += [(f, out / _png_name(f.name)) for f in found]
-        else:
-            jobs.append((path, out / _png_name(path.name)))  # a missing file fails at load
-    seen: dict[Path, Path] = {}
-    for src, dst in jobs:
-        if seen.setdefault(dst, src) != src:
-            raise SystemExit(f"viq decode: {seen[dst]} and {src} would both write {dst}; "
-                             "decode them into separate output directories")
-    return list({dst: (src, dst) for src, dst in jobs}.values()), problems
+def expand_inputs(inputs: list[str], out: Path) -> tuple[list[Job], list[str]]:
+    """Inputs → jobs (codes file → PNG); problems found here (no match) are returned."""
+    return expand_file_inputs(inputs, out, wanted=lambda f: f.name.endswith(SUFFIX),
+                              kind=f"{SUFFIX} files", out_name=_png_name, prog="viq decode")
 
 
 def _decode_one(drawer, src: Path, dst: Path) -> None:
@@ -104,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from viq.backends.release import load_drawer
 
     jobs, failures = expand_inputs(args.inputs, args.out)
-    todo = [j for j in jobs if args.overwrite or not j[1].is_file()]
+    todo = [j for j in jobs if args.overwrite or not j.out.is_file()]
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     try:
         drawer = load_drawer(args.weights, size=args.size, dtype=dtype)
@@ -115,17 +96,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"viq decode: {line}", file=sys.stderr)
     drawer = drawer.to(args.device)
     written = 0
-    for src, dst in tqdm(todo, desc="decode", unit="img", disable=args.quiet):
+    for job in tqdm(todo, desc="decode", unit="img", disable=args.quiet):
         try:
-            _decode_one(drawer, src, dst)
+            _decode_one(drawer, job.source, job.out)
             written += 1
         except (ValueError, RuntimeError, OSError) as e:
-            failures.append(f"{src}: {e}")
-    print(f"viq decode: {written} written, {len(jobs) - len(todo)} already present (use "
-          f"--overwrite to redo), {len(failures)} failed -> {args.out}")
-    for line in failures:
-        print(f"  failed: {line}", file=sys.stderr)
-    return 1 if failures else 0
+            failures.append(f"{job.source}: {e}")
+    return report("viq decode", written, len(jobs) - len(todo), failures, args.out)
 
 
 def main(argv: list[str] | None = None) -> int:

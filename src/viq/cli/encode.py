@@ -13,13 +13,13 @@ exit code is 1 if any input failed. Existing outputs are skipped unless ``--over
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from viq.cli.inputs import Job, report
+from viq.cli.inputs import expand_inputs as expand_file_inputs
 from viq.codes.codesfile import SUFFIX, save_codes
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -49,12 +49,6 @@ model (exactly one):
 
 exit status: 0 all encoded or skipped, 1 some inputs failed (listed at the end), 2 usage error.
 """
-
-
-@dataclass
-class Job:
-    source: Path
-    out: Path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,33 +124,11 @@ def random_model(preset: str, seed: int, overrides: list[str] | tuple[str, ...] 
 
 
 def expand_inputs(inputs: list[str], out: Path) -> tuple[list[Job], list[str]]:
-    """Inputs → jobs (source, output path); problems found here (no match) are returned."""
-    jobs: list[Job] = []
-    problems: list[str] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(f for f in path.rglob("*")
-                           if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
-            if not found:
-                problems.append(f"{item}: directory contains no image files "
-                                f"({', '.join(sorted(IMAGE_EXTS))})")
-            jobs += [Job(f, out / (str(f.relative_to(path)) + SUFFIX)) for f in found]
-        elif glob.has_magic(item):
-            found = sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
-            if not found:
-                problems.append(f"{item}: the pattern matches no files")
-            jobs += [Job(f, out / (f.name + SUFFIX)) for f in found]
-        else:
-            jobs.append(Job(path, out / (path.name + SUFFIX)))  # a missing file fails at load
-    seen: dict[Path, Path] = {}
-    for job in jobs:
-        if job.out in seen and seen[job.out] != job.source:
-            raise SystemExit(f"viq encode: {seen[job.out]} and {job.source} would both write "
-                             f"{job.out}; encode them into separate output directories")
-        seen[job.out] = job.source
-    unique = list({job.out: job for job in jobs}.values())
-    return unique, problems
+    """Inputs → jobs (image → codes file); problems found here (no match) are returned."""
+    return expand_file_inputs(
+        inputs, out, wanted=lambda f: f.suffix.lower() in IMAGE_EXTS,
+        kind=f"image files ({', '.join(sorted(IMAGE_EXTS))})",
+        out_name=lambda name: name + SUFFIX, prog="viq encode")
 
 
 def _load_one(job: Job, cfg, center_crop: int | None = None
@@ -234,11 +206,7 @@ def run(args: argparse.Namespace) -> int:
         tokens += n
     if batch:
         written += _encode_batch(model, batch, model_id, failures)
-    print(f"viq encode: {written} written, {skipped} already present (use --overwrite to redo), "
-          f"{len(failures)} failed -> {args.out}")
-    for line in failures:
-        print(f"  failed: {line}", file=sys.stderr)
-    return 1 if failures else 0
+    return report("viq encode", written, skipped, failures, args.out)
 
 
 def main(argv: list[str] | None = None) -> int:
