@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from viq.config import ModelConfig, from_dict, load_json, save_json
+from viq.config import ModelConfig, load_json, save_json
 from viq.model.head import HeadOutput, ViQHead
 from viq.model.packing import Packed
 from viq.model.state import state_mismatch
@@ -181,10 +181,6 @@ class ViQModel(nn.Module):
         _load_strict(model, state, str(w_path))
         model.eval()
         return model.to(dtype) if dtype is not None else model
-
-    @classmethod
-    def from_config_dict(cls, data: dict) -> ViQModel:
-        return cls(from_dict(ModelConfig, data))
 
 
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
