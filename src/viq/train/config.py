@@ -1,0 +1,123 @@
+"""The typed configuration of a training run (STYLE.md "Configs"; SPEC A2, B5.3, Part C 10).
+
+``TrainConfig`` = the model (`viq.config.ModelConfig`), the stage (`viq.train.stages.Stage`), the
+supervision sources (LLM, teacher, VAE: `viq.supervision.config`), the data (`DataSpec`), the
+optimiser (`OptimConfig`) and the run itself (`RunConfig`). Every run writes its resolved
+``config.json``; ``--set a.b=v`` overrides any field, type-checked (`viq.config.override`).
+Nothing here reads the environment; only `viq.train.dist` reads the torchrun contract.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from viq.config import ModelConfig
+from viq.data.loader import DataConfig
+from viq.supervision.config import LLMConfig, TeacherConfig, VAEConfig
+from viq.train.stages import Stage
+
+
+def _check(cond: bool, field: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"config field '{field}': {msg}")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the samples come from. ``train``/``val``: a LLaVA ``.json``/``.jsonl``, a tar-shard
+    folder or ``.tar`` — or ``"synth"``: the synthetic VQA benchmark (``viq data synth``), written
+    into ``<out-dir>/data`` with ``synth_n`` samples on first use. ``loader``: token budget,
+    rows, shuffling, bad-sample policy (`viq.data.loader.DataConfig`)."""
+
+    train: str = "synth"
+    val: str = ""  # "" = the synthetic benchmark's val split when train is "synth", else none
+    image_root: str = ""
+    synth_n: int = 200
+    synth_seed: int = 0
+    synth_max_side: int = 384
+    workers: int = 0
+    loader: DataConfig = dataclasses.field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.train), "data.train", "must name a dataset or 'synth'")
+        _check(self.synth_n >= 4, "data.synth_n", f"must be >= 4, got {self.synth_n}")
+        _check(self.workers >= 0, "data.workers", f"must be >= 0, got {self.workers}")
+        _check(32 <= self.synth_max_side <= 4096, "data.synth_max_side",
+               f"must be in [32, 4096], got {self.synth_max_side}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with warmup + cosine to a floor (SPEC B5.3: floor 0.1, warmup 5 %, clip 1.0)."""
+
+    lr: float = 1e-4  # parameters in no stage LR group
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    clip: float = 1.0  # 0 = no clipping
+
+    def __post_init__(self) -> None:
+        _check(self.lr >= 0, "optim.lr", f"must be >= 0, got {self.lr}")
+        _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        _check(all(0 <= b < 1 for b in self.betas), "optim.betas", "must be in [0, 1)")
+        _check(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+        _check(self.clip >= 0, "optim.clip", "must be >= 0 (0 = off)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Steps, precision, checkpointing, logging and distribution of one run."""
+
+    steps: int = 100
+    grad_accum: int = 1
+    seed: int = 0
+    device: str = "cpu"
+    dtype: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast; FSQ rounding stays fp32
+    checkpoint_every: int = 50
+    keep: int = 2  # checkpoints kept (the newest)
+    log_every: int = 1
+    val_every: int = 0  # 0 = validate only at the end
+    val_batches: int = 4
+    max_nonfinite: int = 5  # consecutive non-finite losses before the run aborts
+    dist: Literal["none", "ddp", "fsdp2"] = "none"
+    activation_checkpointing: bool = False
+    tensorboard: bool = True
+    export: bool = True  # save_pretrained the model at the end (viq encode --checkpoint)
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "run.steps", f"must be >= 1, got {self.steps}")
+        _check(self.grad_accum >= 1, "run.grad_accum", f"must be >= 1, got {self.grad_accum}")
+        _check(self.checkpoint_every >= 1, "run.checkpoint_every", "must be >= 1")
+        _check(self.keep >= 1, "run.keep", "must be >= 1")
+        _check(self.log_every >= 1, "run.log_every", "must be >= 1")
+        _check(self.val_every >= 0 and self.val_batches >= 0, "run.val_every/val_batches",
+               "must be >= 0")
+        _check(self.max_nonfinite >= 1, "run.max_nonfinite", "must be >= 1")
+        _check(self.dist in ("none", "ddp", "fsdp2"), "run.dist",
+               f"must be none, ddp or fsdp2, got {self.dist!r}")
+        _check(self.dtype in ("fp32", "bf16"), "run.dtype", "must be fp32 or bf16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run. ``model.head`` takes the stage's quantizer and layout at build."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    stage: Stage = dataclasses.field(default_factory=Stage)
+    llm: LLMConfig = dataclasses.field(default_factory=LLMConfig)
+    teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
+    vae: VAEConfig = dataclasses.field(default_factory=VAEConfig)
+    data: DataSpec = dataclasses.field(default_factory=DataSpec)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    def stage_model(self) -> ModelConfig:
+        """The model config with the stage's quantizer and head layout applied."""
+        head = dataclasses.replace(self.model.head, quantizer=self.stage.quantizer,
+                                   layout=self.stage.layout)
+        return dataclasses.replace(self.model, head=head)

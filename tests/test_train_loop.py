@@ -1,0 +1,142 @@
+"""The training program: artifacts, exact resume, signals, non-finite losses, config errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from viq.config import override
+from viq.train.loop import Trainer, lr_factor, train
+from viq.train.metrics import read_metrics
+from viq.train.presets import get_run
+
+
+def _losses(out_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(out_dir / "metrics.jsonl")
+            if r["split"] == "train" and "loss" in r}
+
+
+class StopAt(Trainer):
+    """Requests a stop (as SIGTERM does) once ``stop_at`` steps are done."""
+
+    stop_at = 0
+
+    def train_step(self):
+        record = super().train_step()
+        if self.step + 1 >= self.stop_at:
+            self.stop_requested = True
+        return record
+
+
+def test_lr_schedule_warmup_cosine_floor():
+    f = [lr_factor(s, 2, 10, 0.1) for s in range(10)]
+    assert f[0] == 0.5 and f[1] == 1.0
+    assert all(a >= b for a, b in zip(f[1:], f[2:], strict=False))
+    assert math.isclose(lr_factor(10, 2, 10, 0.1), 0.1)
+
+
+def test_cli_run_leaves_every_artifact(tmp_path):
+    from viq.cli.main import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny_stage2_2", "--out-dir", str(out), "--quiet"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["stage"]["name"] == "stage2_2"
+    records = read_metrics(out / "metrics.jsonl")
+    train_recs = [r for r in records if r["split"] == "train"]
+    assert len(train_recs) == 6 and all(math.isfinite(r["loss"]) for r in train_recs)
+    assert {"text", "distill", "recon", "lr", "grad_norm", "tokens_per_s", "usage",
+            "perplexity"} <= set(train_recs[-1])
+    assert any(r["split"] == "val" for r in records)
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000003",
+                                                                         "step_00000006"]
+    # the exported model encodes
+    assert main(["encode", str(out / "data" / "images"), "-o", str(tmp_path / "codes"),
+                 "--checkpoint", str(out / "final")]) == 0
+    assert list((tmp_path / "codes").glob("*.codes.safetensors"))
+
+
+def test_existing_run_needs_resume(tmp_path):
+    from viq.cli.main import main
+
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny_stage1", "--out-dir", str(out), "--quiet",
+            "--set", "run.steps=1"]
+    assert main(args) == 0
+    assert main(args) == 2  # a second start into the same folder is refused
+
+
+def test_resume_continues_exactly(tmp_path):
+    cfg = override(get_run("tiny_stage1"), ["run.steps=8", "run.checkpoint_every=100",
+                                            "run.tensorboard=false"])
+    full = train(cfg, tmp_path / "full", progress=False)
+    assert full.step == 8 and not full.stopped
+    part = StopAt(cfg, tmp_path / "part", progress=False)
+    part.stop_at = 3
+    res = part.run()
+    assert res.stopped and res.step == 3
+    resumed = train(cfg, tmp_path / "part", resume=True, progress=False)
+    assert resumed.step == 8
+    a, b = _losses(tmp_path / "full"), _losses(tmp_path / "part")
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for s in range(4, 9):
+        assert math.isclose(a[s], b[s], rel_tol=1e-5, abs_tol=1e-6), (s, a[s], b[s])
+
+
+def test_nonfinite_loss_is_skipped_counted_and_aborts(tmp_path):
+    class NaNAt(Trainer):
+        def compute(self, batch):
+            out = super().compute(batch)
+            if self.step in self.bad_steps:
+                out.total = out.total * float("nan")
+            return out
+
+    cfg = override(get_run("tiny_stage1"), ["run.steps=4", "run.tensorboard=false"])
+    t = NaNAt(cfg, tmp_path / "a", progress=False)
+    t.bad_steps = {1}
+    before = None
+    res = t.run()
+    assert res.nonfinite == 1 and res.step == 4
+    recs = [r for r in read_metrics(tmp_path / "a" / "metrics.jsonl") if r["split"] == "train"]
+    assert recs[1].get("skipped") == "non-finite loss" and "loss" not in recs[1]
+    assert all(math.isfinite(r["loss"]) for i, r in enumerate(recs) if i != 1)
+    del before
+    t = NaNAt(override(cfg, ["run.max_nonfinite=2"]), tmp_path / "b", progress=False)
+    t.bad_steps = {1, 2}
+    with pytest.raises(FloatingPointError, match="non-finite losses in a row"):
+        t.run()
+
+
+@pytest.mark.parametrize("setting,needle", [
+    (["run.steps=0"], "run.steps"),
+    (["llm.source=/does/not/exist"], "/does/not/exist"),
+    (["vae.source=/no/vae/here"], "/no/vae/here"),
+    (["optim.betas=[0.9,1.5]"], "optim.betas"),
+    (["stage.init_from=/no/such/run"], "stage.init_from"),
+])
+def test_bad_config_gives_one_clear_error(tmp_path, capsys, setting, needle):
+    from viq.cli.main import main
+
+    args = ["train", "--preset", "tiny_stage2_1", "--out-dir", str(tmp_path / "r"), "--quiet"]
+    for s in setting:
+        args += ["--set", s]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
+def test_checkpoint_is_atomic_and_pruned(tmp_path):
+    cfg = override(get_run("tiny_stage1"), ["run.steps=4", "run.checkpoint_every=1",
+                                            "run.keep=2", "run.tensorboard=false"])
+    (tmp_path / "r" / "checkpoints" / "step_00000009.tmp123").mkdir(parents=True)
+    train(cfg, tmp_path / "r", progress=False)
+    names = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())
+    assert names == ["step_00000003", "step_00000004"]
+    state = json.loads((tmp_path / "r" / "checkpoints" / "step_00000004" / "state.json")
+                       .read_text())
+    assert state["step"] == 4 and state["fingerprint"].startswith("sha256:")
+    assert torch.is_tensor(torch.get_rng_state())
