@@ -13,13 +13,22 @@
 - `encode_mean(vae, images)`: (B, 3, H, W) in [-1, 1] → the raw ``latent_dist.mean`` (B, 16, H/8,
   W/8), the stage 2-1 regression target (SPEC B4.1 step 4).
 - `to_uint8` / `to_pil`: [-1, 1] → (x·0.5 + 0.5)·255 → uint8, truncated like the release's cast.
+- For the latent loss (`viq.supervision.latent`): `load_vae_folder` (any diffusers
+  ``AutoencoderKL*`` folder, class from ``config.json``'s ``_class_name``), `tiny_vae` /
+  `tiny_qwen_vae` (seeded random test-size VAEs, 8× spatial), `latent_channels`, `normaliser`.
+  `encode_mean` / `decode_latents` handle both image VAEs (4-D, e.g. ``AutoencoderKL``) and video
+  VAEs with a T axis (5-D, e.g. ``AutoencoderKLQwenImage``; `is_temporal`).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from viq.model.state import state_mismatch
 
@@ -95,8 +104,10 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     if latents.dim() != 4:
         raise ValueError(f"decode_latents: expected (B, Z, h, w), got {tuple(latents.shape)}")
     p = next(vae.parameters())
-    z = latents.to(device=p.device, dtype=p.dtype).unsqueeze(2)  # (B, Z, h, w) -> (B, Z, 1, h, w)
-    out = vae.decode(z).sample  # (B, 3, 1, 8h, 8w)
+    z = latents.to(device=p.device, dtype=p.dtype)
+    if not is_temporal(vae):  # an image VAE: (B, Z, h, w) -> (B, 3, 8h, 8w)
+        return vae.decode(z).sample.clamp(-1.0, 1.0)
+    out = vae.decode(z.unsqueeze(2)).sample  # (B, Z, 1, h, w) -> (B, 3, 1, 8h, 8w)
     return out[:, :, 0].clamp(-1.0, 1.0)
 
 
@@ -109,7 +120,10 @@ def encode_mean(vae, images: torch.Tensor) -> torch.Tensor:
     if images.dim() != 4:
         raise ValueError(f"encode_mean: expected (B, 3, H, W), got {tuple(images.shape)}")
     p = next(vae.parameters())
-    x = images.to(device=p.device, dtype=p.dtype).unsqueeze(2)  # (B, 3, H, W) -> (B, 3, 1, H, W)
+    x = images.to(device=p.device, dtype=p.dtype)
+    if not is_temporal(vae):  # an image VAE: (B, 3, H, W) -> (B, Z, H/8, W/8)
+        return vae.encode(x).latent_dist.mean
+    x = x.unsqueeze(2)  # (B, 3, H, W) -> (B, 3, 1, H, W)
     return vae.encode(x).latent_dist.mean[:, :, 0]
 
 
@@ -126,3 +140,111 @@ def to_pil(image: torch.Tensor):
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"to_pil: expected (3, H, W), got {tuple(image.shape)}")
     return Image.fromarray(to_uint8(image).numpy())
+
+
+# ----------------------------------------------------------------------------------------------
+# Any diffusers AutoencoderKL* (the latent loss, viq.supervision.latent)
+# ----------------------------------------------------------------------------------------------
+
+
+def is_temporal(vae) -> bool:
+    """True for a video VAE whose encoder convolves over a T axis (5-D input, e.g. Qwen-Image)."""
+    encoder = getattr(vae, "encoder", vae)
+    return any(isinstance(m, nn.Conv3d) for m in encoder.modules())
+
+
+def latent_channels(vae) -> int:
+    """Latent channels Z of a diffusers VAE (``latent_channels`` / ``z_dim`` / ``z_channels``)."""
+    for key in ("latent_channels", "z_dim", "z_channels"):
+        value = vae.config.get(key)
+        if isinstance(value, int):
+            return value
+    with torch.no_grad():  # an unusual config: ask the VAE itself with a 16 × 16 probe
+        p = next(vae.parameters())
+        return int(encode_mean(vae, torch.zeros(1, 3, 16, 16, device=p.device)).shape[1])
+
+
+def normaliser(vae) -> tuple[torch.Tensor, torch.Tensor]:
+    """(shift, scale), each (Z,) fp32, with normalised latent = (raw − shift) · scale.
+
+    From the VAE config: with ``latents_mean`` / ``latents_std`` (Qwen-Image, Wan, SDXL-style)
+    shift = mean and scale = scaling_factor / std (scaling_factor = 1 where the config has none,
+    as in Qwen-Image); otherwise shift = ``shift_factor`` (0 if absent) and scale =
+    ``scaling_factor`` (1 if absent) — the convention of diffusers' pipelines (SD, SD3, Flux).
+    """
+    z = latent_channels(vae)
+    cfg = vae.config
+    mean, std = cfg.get("latents_mean"), cfg.get("latents_std")
+    factor = cfg.get("scaling_factor")
+    factor = 1.0 if factor is None else float(factor)
+    if mean is not None and std is not None:
+        shift = torch.tensor(mean, dtype=torch.float32).reshape(-1)
+        scale = factor / torch.tensor(std, dtype=torch.float32).reshape(-1)
+    else:
+        shift_f = cfg.get("shift_factor")
+        shift = torch.full((z,), 0.0 if shift_f is None else float(shift_f))
+        scale = torch.full((z,), factor)
+    if shift.numel() != z or scale.numel() != z:
+        raise ValueError(f"VAE config: latents_mean/latents_std have {shift.numel()}/"
+                         f"{scale.numel()} entries but the VAE has {z} latent channels")
+    return shift, scale
+
+
+def tiny_vae(latent_channels: int = 16, channels: tuple[int, ...] = (8, 8, 8, 8),
+             scaling_factor: float = 0.5, shift_factor: float | None = 0.1, seed: int = 0):
+    """A seeded random diffusers ``AutoencoderKL`` of test size: len(channels) blocks, so
+    2^(len − 1) spatial compression (8× with 4); frozen, eval."""
+    from diffusers import AutoencoderKL
+
+    n = len(channels)
+    groups = math.gcd(32, *channels)  # GroupNorm groups must divide every block width
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * n,
+                            up_block_types=("UpDecoderBlock2D",) * n,
+                            block_out_channels=tuple(channels), layers_per_block=1,
+                            latent_channels=latent_channels, norm_num_groups=groups,
+                            scaling_factor=scaling_factor, shift_factor=shift_factor)
+    return vae.eval().requires_grad_(False)
+
+
+def tiny_qwen_vae(z_dim: int = 16, channels: tuple[int, ...] = (8, 8, 8, 8), seed: int = 0):
+    """A seeded random ``AutoencoderKLQwenImage`` of test size (base_dim = channels[0], one res
+    block, 8× spatial with 4 stages); latents_mean/std are Qwen-Image's (cycled if Z ≠ 16)."""
+    import inspect
+
+    from diffusers import AutoencoderKLQwenImage
+
+    base = channels[0]
+    if any(c % base for c in channels):
+        raise ValueError(f"config field 'vae.channels': a Qwen-Image VAE needs every width to be "
+                         f"a multiple of the first, got {list(channels)}")
+    params = inspect.signature(AutoencoderKLQwenImage.__init__).parameters
+    mean, std = params["latents_mean"].default, params["latents_std"].default
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKLQwenImage(
+            base_dim=base, z_dim=z_dim, dim_mult=[c // base for c in channels], num_res_blocks=1,
+            temperal_downsample=[False] + [True] * (len(channels) - 2),
+            latents_mean=[mean[i % len(mean)] for i in range(z_dim)],
+            latents_std=[std[i % len(std)] for i in range(z_dim)])
+    return vae.eval().requires_grad_(False)
+
+
+def load_vae_folder(path: str | Path, dtype: torch.dtype = torch.float32):
+    """Any diffusers ``AutoencoderKL*`` saved with ``save_pretrained`` (class from config.json's
+    ``_class_name``); frozen, eval. Never downloads."""
+    import diffusers
+
+    folder = Path(path)
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"config field 'vae.source': {folder} is not 'tiny', 'tiny-qwen' "
+                                "or a diffusers VAE folder (config.json + weights)")
+    name = json.loads(cfg_file.read_text()).get("_class_name", "")
+    cls = getattr(diffusers, name, None) if name.startswith("AutoencoderKL") else None
+    if cls is None:
+        raise ValueError(f"{cfg_file}: _class_name {name!r} is not a diffusers AutoencoderKL* "
+                         "class of this diffusers version")
+    vae = cls.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True)
+    return vae.eval().requires_grad_(False)

@@ -8,7 +8,8 @@ and its module never called; the data loader still needs a tokenizer, which is t
 
 Features for the losses: ``stage.features == "encoder"`` (stage 1) uses the encoder tokens and
 pools them with the encoder's MAP head; ``"head"`` (stage 2) uses the head's output ``x_low`` and
-pools it with the same MAP head (the release's student, SPEC B1.7, Part C 8).
+pools it with the same MAP head (the release's student, SPEC B1.7, Part C 8); ``"codes"`` embeds
+stored codes (`viq.codes.storesource`) with the head's decode half — no encoder runs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 
 from viq.data.loader import Batch
 from viq.model.packing import Packed
-from viq.model.viq import ViQModel
+from viq.model.viq import ImageCodes, ViQModel
 from viq.train.config import TrainConfig
 
 
@@ -78,6 +79,9 @@ class Objective(nn.Module):
                  pool: bool) -> tuple[Packed, torch.Tensor | None, dict, torch.Tensor | None]:
         """Images → (features for the losses, pooled vector, quantizer stats, flat codes)."""
         images = [im.to(self.model.device) for im in images]
+        if self.cfg.stage.features == "codes":  # stored codes (h, w, 4): no encoder (SPEC A4)
+            feats = self.model.embed([ImageCodes(c, self.model.levels) for c in images])
+            return feats, None, {}, torch.cat([c.reshape(-1) for c in images])
         if self.cfg.stage.features == "encoder":
             enc = self.model.encoder(images, pool=pool)
             return enc.tokens, enc.pooled, {}, None
@@ -92,7 +96,11 @@ class Objective(nn.Module):
         feats = pooled = codes = None
         stats: dict[str, torch.Tensor] = {}
         if images:
-            feats, pooled, stats, codes = self.features(images, pool="distill" in self.weights)
+            # a frozen tokenizer (MLLM stages) runs without building a graph
+            frozen = not any(p.requires_grad for p in self.model.parameters())
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+                feats, pooled, stats, codes = self.features(images,
+                                                            pool="distill" in self.weights)
         if "text" in self.weights:
             tokens = _to_device(batch.tokens, self.model.device)
             terms["text"] = self.text(feats, tokens)

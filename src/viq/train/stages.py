@@ -18,9 +18,10 @@ The three stages (paper A2; the paper's learning rates):
 
 | stage | head | features for the losses | losses | new params / others |
 |---|---|---|---|---|
-| ``stage1`` | unused | encoder tokens | text + distill | 5e-5 (everything) |
-| ``stage2_1`` | paper layout, proximal bound (L∞) | head output | text + distill + recon | 1e-4 / 5e-5 |
-| ``stage2_2`` | paper layout, FSQ (head-wise, 2D RoPE) | head output | text + distill + recon | 5e-5 |
+| ``stage1`` | unused | encoder tokens | text+distill | 5e-5 (everything) |
+| ``mllm_codes`` | frozen FSQ | stored codes | text | 1e-4 (projector, LLM adapters) |
+| ``stage2_1`` | paper, proximal bound (L∞) | head output | text+distill+recon | 1e-4 / 5e-5 |
+| ``stage2_2`` | paper, FSQ (head-wise, 2D RoPE) | head output | text+distill+recon | 5e-5 |
 
 Deviation: the paper grows the resolution in stage 1 from ≤384² to ≤768²; a stage's
 ``resolution`` schedule carries that as (from_step, max_pixels) pairs, applied by the loop.
@@ -80,7 +81,7 @@ class Stage:
     name: str = "stage1"
     quantizer: Literal["identity", "proximal", "fsq"] = "identity"
     layout: Literal["released", "paper"] = "paper"
-    features: Literal["encoder", "head"] = "encoder"
+    features: Literal["encoder", "head", "codes"] = "encoder"
     trainable: tuple[str, ...] = ("model.encoder.*", "text.projector.*", "text.llm.*lora_*",
                                   "distill.align.*")
     frozen: tuple[str, ...] = ()  # removed from the trainable set after ``trainable``
@@ -94,8 +95,12 @@ class Stage:
         _check(bool(self.name), "stage.name", "must not be empty")
         _check(self.quantizer in ("identity", "proximal", "fsq"), "stage.quantizer",
                f"must be identity, proximal or fsq, got {self.quantizer!r}")
-        _check(self.features in ("encoder", "head"), "stage.features",
-               f"must be 'encoder' or 'head', got {self.features!r}")
+        _check(self.features in ("encoder", "head", "codes"), "stage.features",
+               f"must be 'encoder', 'head' or 'codes', got {self.features!r}")
+        if self.features == "codes":
+            _check(self.quantizer == "fsq", "stage.quantizer", "stored codes need an FSQ head")
+            _check(self.losses.distill == 0 and self.losses.recon == 0, "stage.losses",
+                   "training from stored codes has no pixels: distill and recon must be 0")
         _check(self.layout in ("released", "paper"), "stage.layout",
                f"must be 'released' or 'paper', got {self.layout!r}")
         _check(len(self.trainable) > 0, "stage.trainable", "no parameter would train")
@@ -218,8 +223,21 @@ def stage2_2(lr: float = 5e-5) -> Stage:
         allow_missing=new)
 
 
+MLLM_TRAINABLE = ("text.projector.*", "text.llm.*lora_*")
+
+
+def mllm(features: Literal["head", "codes"] = "codes", lr: float = 1e-4) -> Stage:
+    """MLLM training on a frozen ViQ tokenizer (SPEC A4): projector + LLM adapters learn from
+    L_text; ``features="codes"`` reads a code store (no encoder in the process), ``"head"``
+    runs the encoder + head online — the same features, so the same losses."""
+    return Stage(name=f"mllm_{features}", quantizer="fsq", features=features,
+                 trainable=MLLM_TRAINABLE, lr_groups=(LRGroup("all", ("*",), lr),),
+                 losses=LossWeights(text=1.0, distill=0.0, recon=0.0),
+                 allow_missing=MLLM_TRAINABLE)
+
+
 STAGES: dict[str, Callable[[], Stage]] = {"stage1": stage1, "stage2_1": stage2_1,
-                                          "stage2_2": stage2_2}
+                                          "stage2_2": stage2_2, "mllm_codes": mllm}
 
 
 def main(argv: list[str] | None = None) -> int:

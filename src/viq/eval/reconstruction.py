@@ -1,0 +1,96 @@
+"""Reconstruction: codes → features → latent head → VAE decoder → image; PSNR / SSIM / code usage.
+
+The drawer of a trained stage-2 run (SPEC B4.2): ``model.embed(codes)`` (no encoder), the run's
+``latent.latent_head`` and the decoder of its frozen VAE. Images are compared at the resolution
+the encoder saw (the model's resize rule, native aspect ratio; the patch padding is cropped off),
+in [0, 1]: PSNR = 10·log10(1 / MSE) over all pixels and channels, SSIM from torchmetrics
+(Gaussian window 11, σ 1.5). Code usage over a set of images: distinct codes / codebook size, and
+perplexity = exp(entropy) of the code histogram.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from viq.data.images import load_for_encoder
+from viq.model.viq import ImageCodes
+from viq.train.objective import Objective
+
+
+@dataclass
+class ReconResult:
+    psnr: float
+    ssim: float
+    per_image: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"psnr": self.psnr, "ssim": self.ssim, "n": len(self.per_image),
+                "per_image": self.per_image}
+
+
+def _check_drawer(obj: Objective) -> None:
+    if not hasattr(obj, "latent") or not obj.model.head.has_codes:
+        raise ValueError(f"run stage {obj.cfg.stage.name!r}: reconstruction needs an FSQ head "
+                         "and a trained latent head (a stage-2-2 run)")
+
+
+@torch.no_grad()
+def draw(obj: Objective, codes: Sequence[ImageCodes]) -> list[torch.Tensor]:
+    """Codes → images (3, 16h, 16w) in [-1, 1] through the run's latent head and VAE decoder."""
+    _check_drawer(obj)
+    feats = obj.model.embed(list(codes))
+    return [obj.latent.vae.decode(lat[None].float())[0].clamp(-1, 1)
+            for lat in obj.latent.predict(feats)]
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two images in [0, 1]."""
+    mse = float(((a.float() - b.float()) ** 2).mean())
+    return 99.0 if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    from torchmetrics.functional.image import structural_similarity_index_measure as _ssim
+
+    return float(_ssim(a[None].float(), b[None].float(), data_range=1.0))
+
+
+@torch.no_grad()
+def reconstruct_files(obj: Objective, paths: Sequence[str | Path],
+                      keep: int = 0) -> tuple[ReconResult, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Encode → codes → draw each image; metrics per image and on average. Returns the first
+    ``keep`` (original, reconstruction) pairs in [0, 1] for figures."""
+    _check_drawer(obj)
+    per, pairs = [], []
+    for path in paths:
+        img = load_for_encoder(path, obj.cfg.model.image, name=str(path))
+        codes = obj.model.encode([img])
+        rec = draw(obj, codes)[0]
+        h, w = img.shape[1:]
+        x, y = img * 0.5 + 0.5, rec[:, :h, :w].cpu() * 0.5 + 0.5
+        per.append({"image": str(path), "size": [int(w), int(h)], "psnr": psnr(x, y),
+                    "ssim": ssim(x, y)})
+        if len(pairs) < keep:
+            pairs.append((x, y))
+    n = max(1, len(per))
+    return ReconResult(sum(r["psnr"] for r in per) / n, sum(r["ssim"] for r in per) / n,
+                       per), pairs
+
+
+def code_usage(codes: Sequence[ImageCodes]) -> dict:
+    """Distinct codes, usage fraction, perplexity and the histogram over a set of images."""
+    if not codes:
+        return {"codes": 0, "distinct": 0, "usage": 0.0, "perplexity": 0.0, "codebook": 0}
+    k = codes[0].codebook_size
+    flat = torch.cat([c.codes.reshape(-1) for c in codes])
+    counts = torch.bincount(flat, minlength=k).double()
+    p = counts / counts.sum()
+    entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
+    return {"codes": int(flat.numel()), "distinct": int((counts > 0).sum()),
+            "usage": float((counts > 0).sum()) / k, "perplexity": math.exp(entropy),
+            "codebook": k, "entropy_bits": entropy / math.log(2)}

