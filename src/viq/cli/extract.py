@@ -1,0 +1,184 @@
+"""``viq extract`` — a dataset → a code store (issue 11; docs/codes.md).
+
+Try it with no downloads:
+
+    viq extract photos/ --out store/ --preset tiny --random-init --num-shards 2
+
+Many workers: ``--num-shards N --shard-index I`` on each machine, or ``torchrun --nproc-per-node P
+-m viq extract ...`` (rank r writes the shards k with k mod WORLD_SIZE = r; RANK and WORLD_SIZE
+are the only environment read). Rerunning the same command resumes: finished shards (file and
+commit record with matching sha256) are skipped, a partial one is redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from viq.cli.errors import UsageError, command
+from viq.cli.model_args import (
+    add_model_args,
+    check_model_args,
+    image_config,
+    image_settings,
+    load_model,
+)
+
+EPILOG = """\
+DATA:
+  a LLaVA .json/.jsonl file (images relative to it or --image-root), a .tar file or a folder of
+  .tar shards (viq data shards, or webdataset/img2dataset: <key>.jpg + <key>.txt/.json, no index
+  needed), or an image folder (searched recursively) or one image file.
+
+STORE (Parquet, readable without viq; schema in docs/codes.md):
+  STORE/metadata.json, STORE/data/shard-KKKKK-of-NNNNN.parquet (one row per image: sample_id,
+  source, image_index, num_images, h, w, levels, codes = h*w*4 uint16 little-endian, image_size,
+  original_size, text), STORE/shards/*.json (commit records with sha256), *.bad.jsonl.
+
+sharding and resuming:
+  Shard k of N takes units [k*U/N, (k+1)*U/N) of the input (records, files or tar files).
+  --num-shards defaults to the store's, else one per input tar, else one per 10,000 samples.
+  A store never mixes models or settings: a run whose fingerprint (model weights sha256, config,
+  image settings, input, shard count) differs from the store's is refused.
+
+exit status: 0 done (bad samples are recorded in the store and counted), 1 a failure, 2 usage.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="viq extract", description="Extract a dataset's ViQ codes into a code store.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", type=Path, help="LLaVA json/jsonl, tar shard(s) or image folder")
+    p.add_argument("--out", required=True, type=Path, help="the code store (a folder)")
+    add_model_args(p)
+    p.add_argument("--image-root", type=Path, help="folder LLaVA image paths are relative to")
+    p.add_argument("--num-shards", type=int, help="output shards in all (see below)")
+    p.add_argument("--shard-index", type=int, help="write only this shard (0-based)")
+    p.add_argument("--max-tokens", type=int, default=16384,
+                   help="patch budget per batch (default 16384; a larger sample runs alone)")
+    p.add_argument("--workers", type=int, default=2, help="image-loading threads (default 2)")
+    p.add_argument("--bad-samples", choices=("skip", "fail"), default="skip",
+                   help="skip (record and go on, default) or fail at the first bad sample")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def torchrun_rank() -> tuple[int, int]:
+    """(rank, world size) from torchrun's RANK / WORLD_SIZE (the only environment read)."""
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise UsageError("RANK / WORLD_SIZE are not integers (set by torchrun)") from None
+    if world < 1 or not 0 <= rank < world:
+        raise UsageError(f"RANK={rank} WORLD_SIZE={world} are inconsistent")
+    return rank, world
+
+
+def _num_shards(args: argparse.Namespace, source) -> int:
+    from viq.codes.store import METADATA, read_metadata
+
+    if args.num_shards is not None:
+        if args.num_shards < 1:
+            raise UsageError("--num-shards must be at least 1")
+        return args.num_shards
+    if (args.out / METADATA).is_file():
+        return int(read_metadata(args.out)["num_shards"])
+    if source.kind == "tars":
+        return source.units
+    return max(1, -(-source.units // 10000))
+
+
+def my_shards(args: argparse.Namespace, n: int) -> list[int]:
+    if args.shard_index is not None:
+        if not 0 <= args.shard_index < n:
+            raise UsageError(f"--shard-index {args.shard_index} is outside 0..{n - 1} "
+                             f"(--num-shards {n})")
+        return [args.shard_index]
+    rank, world = torchrun_rank()
+    return [k for k in range(n) if k % world == rank]
+
+
+def _base_metadata(args, lm, source, n: int) -> dict:
+    from viq.codes.store import FORMAT, SLOTS, raw_encoding
+    from viq.fingerprint import fingerprint
+
+    settings = image_settings(args, image_config(lm.model, args))
+    data = source.identity()
+    levels = [int(v) for v in lm.model.levels]
+    k = 1
+    for v in levels:
+        k *= v
+    enc = raw_encoding(k)
+    fp = fingerprint(format=FORMAT, model={x: y for x, y in lm.identity.items() if x != "config"},
+                     settings=settings, data=data, num_shards=n, levels=levels)
+    return {"format": FORMAT, "fingerprint": fp, "model": {"id": lm.model_id, **lm.identity},
+            "settings": settings, "data": data, "num_shards": n, "levels": levels,
+            "slots": SLOTS, "codebook_size": k, "codes_encoding": enc}
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from viq.codes.extract import ExtractSettings, ExtractStats, extract_shard, timed
+    from viq.codes.sources import open_extract_source
+    from viq.codes.store import StoreError, refresh_metadata
+    from viq.codes.storewrite import ShardWriter, open_store, shard_finished
+
+    if args.max_tokens < 1 or args.workers < 0:
+        raise UsageError("--max-tokens must be positive and --workers not negative")
+    try:
+        source = open_extract_source(args.data, args.image_root)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"DATA {args.data}: {e}") from None
+    n = _num_shards(args, source)
+    mine = my_shards(args, n)
+    try:
+        lm = load_model(args)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(f"cannot build the model: {e}") from None
+    base = _base_metadata(args, lm, source, n)
+    try:
+        open_store(args.out, base)
+    except StoreError as e:
+        raise UsageError(str(e)) from None
+    settings = ExtractSettings(image_config(lm.model, args), args.center_crop, args.max_tokens,
+                               args.workers, args.bad_samples)
+    stats = ExtractStats()
+    for k in mine:
+        if shard_finished(args.out, k, n, base["fingerprint"]):
+            stats.skipped.append(k)
+            continue
+        writer = ShardWriter(args.out, k, n, base["fingerprint"], base["codebook_size"])
+        bar = tqdm(desc=f"extract shard {k}/{n}", total=source.count(k, n), unit="sample",
+                   disable=args.quiet)
+        try:
+            rec, secs = timed(lambda w=writer, b=bar, k=k: extract_shard(
+                lm.model, source.items(k, n), w, settings, b).commit())
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            bar.close()
+        stats.add(rec, secs)
+        refresh_metadata(args.out)
+    meta = refresh_metadata(args.out)
+    c = meta["counts"]
+    print(f"viq extract: {stats.line()}")
+    print(f"viq extract: store {args.out}: {c['shards_done']}/{n} shards finished, {c['rows']} "
+          f"rows, {c['bad']} bad samples {c['bad_reasons'] or ''}".rstrip()
+          + ("" if meta["complete"] else "; rerun to resume / run the other shards"))
+    if c["bad"]:
+        print(f"viq extract: bad samples are listed in {args.out}/shards/*.bad.jsonl",
+              file=sys.stderr)
+    return 0
+
+
+@command("viq extract")
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    check_model_args(p, args)
+    return run(args)
