@@ -15,9 +15,13 @@ Our parameter names are the release's up to fixed prefixes (`HEAD_PREFIXES`, `EM
 against SPEC B6.3 where it gives shapes), reports them and writes them back on export, so an
 import → export round trip reproduces every file; `load_drawer` turns them into a `LatentHead` and
 the diffusers Qwen-Image VAE (`viq.backends.vae`) for codes → image (`ViQDrawer`).
-Files are read with ``torch.load(weights_only=True)`` (memory-mapped). Loading sets
-``head.official_compat`` through the ``released(size)`` config (the release's numerics, SPEC
-B8.1) unless a ``config.json`` beside the files (written by `export_release`) says otherwise.
+Files are read with ``torch.load(weights_only=True)`` only, tensor by tensor straight into the
+target dtype and device (`viq.backends.torchfile`): a bf16 load of the fp32 file peaks at about the
+bf16 model's size, never at an fp32 copy (docs/head.md). `find_weights` accepts the layouts people
+download: the root holding ``converted_<size>/`` folders, one such folder, the converter's
+``converted/`` folder, or the ``.pth`` itself. Loading sets ``head.official_compat`` through the
+``released(size)`` config (the release's numerics, SPEC B8.1, including the per-image Conv2d patch
+embedding) unless a ``config.json`` beside the files (written by `export_release`) says otherwise.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from pathlib import Path
 
 import torch
 
+from viq.backends.torchfile import PthFile, open_pth
 from viq.config import ModelConfig, load_json
+from viq.model.state import state_mismatch
 from viq.model.viq import ViQModel, _load_strict
 
 EMBEDDER_FILE = "embedder.pth"
@@ -136,24 +142,71 @@ def size_from_path(path: str | Path) -> str | None:
     return None
 
 
-def find_model_file(directory: Path) -> Path:
+def _size_list() -> str:
+    from viq.quant.fsq import FSQ_PRESETS
+
+    return ", ".join(FSQ_PRESETS)
+
+
+def _model_file_in(directory: Path, size: str | None) -> Path | None:
+    """The ``model_viq_fsq*.pth`` of a folder (chosen by ``size`` when there are several)."""
     files = sorted(directory.glob("model_viq_fsq*.pth"))
-    if len(files) != 1:
-        found = ", ".join(f.name for f in files) or "none"
-        raise FileNotFoundError(f"{directory}: expected exactly one model_viq_fsq_<size>.pth "
-                                f"(found {found}); pass the file itself to choose")
-    return files[0]
+    if size and len(files) > 1:
+        files = [f for f in files if size_from_path(f) == size] or files
+    if len(files) > 1:
+        raise FileNotFoundError(f"{directory}: several model files "
+                                f"({', '.join(f.name for f in files)}); choose one with --size "
+                                "or pass the .pth file itself to --weights")
+    return files[0] if files else None
 
 
-def _torch_load(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # a truncated/foreign file: say which and why
-        raise ValueError(f"{path}: cannot read as a PyTorch state dict ({e}); re-download it") \
-            from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: not a flat name → tensor state dict")
-    return state
+def _sizes_under(root: Path) -> dict[str, Path]:
+    """``converted_<size>/`` folders holding a model file, in ``root`` or one level down (a
+    download may keep them under e.g. ``ViQ/``), ordered by codebook size."""
+    from viq.quant.fsq import FSQ_PRESETS
+
+    found: dict[str, Path] = {}
+    for d in sorted([*root.glob("converted_*"), *root.glob("*/converted_*")]):
+        m = re.fullmatch(r"converted_(\w+)", d.name)
+        if m and d.is_dir() and any(d.glob("model_viq_fsq*.pth")):
+            found.setdefault(m.group(1).lower(), d)
+    order = list(FSQ_PRESETS)
+    return dict(sorted(found.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order
+                                                      else len(order), kv[0])))
+
+
+def find_weights(path: str | Path, size: str | None = None) -> tuple[Path, str | None]:
+    """``(model file, FSQ size)`` for ``--weights PATH [--size S]``.
+
+    PATH is the ``.pth`` itself, a ``converted_<size>/`` folder, the converter's default
+    ``converted/`` folder (its ``model_viq_fsq.pth`` names no size: give ``--size``), or the
+    downloaded root holding several ``converted_<size>/`` folders (``--size`` chooses; without it
+    the sizes found are listed, unless there is only one).
+    """
+    p = Path(path)
+    size = size.lower() if size else None
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or folder")
+    model_file = p if p.is_file() else _model_file_in(p, size)
+    if model_file is None:
+        found = _sizes_under(p)
+        if not found:
+            raise FileNotFoundError(
+                f"{p}: no model_viq_fsq_<size>.pth here and no converted_<size>/ folder; "
+                "--weights takes the downloaded weights folder (holding converted_<size>/), one "
+                "converted_<size>/ folder, the converter's converted/ folder, or the .pth file")
+        if size is None and len(found) > 1:
+            raise FileNotFoundError(f"{p}: holds the sizes {', '.join(found)}; choose one with "
+                                    f"--size (e.g. --size {next(reversed(found))})")
+        if size is not None and size not in found:
+            raise FileNotFoundError(f"{p}: no converted_{size}/ here; sizes found: "
+                                    f"{', '.join(found)} (--size chooses one)")
+        model_file = _model_file_in(found[size or next(iter(found))], size)
+    named = size_from_path(model_file)
+    if size and named and named != size:
+        raise ValueError(f"{model_file}: the path says size {named} but --size {size} was given; "
+                         f"drop --size or point --weights at converted_{size}/")
+    return model_file, size or named
 
 
 def _resolve_config(directory: Path, size: str | None, config: ModelConfig | None) -> ModelConfig:
@@ -162,7 +215,8 @@ def _resolve_config(directory: Path, size: str | None, config: ModelConfig | Non
     if config is None:
         if size is None:
             raise ValueError(f"{directory}: cannot tell the FSQ size (no converted_<size> folder, "
-                             "no model_viq_fsq_<size>.pth name, no config.json); pass size=")
+                             "no model_viq_fsq_<size>.pth name, no config.json); give it with "
+                             f"--size (one of {_size_list()})")
         from viq.presets import released
 
         config = released(size)
@@ -173,67 +227,86 @@ def _resolve_config(directory: Path, size: str | None, config: ModelConfig | Non
 
 
 def load_release(path: str | Path, size: str | None = None, config: ModelConfig | None = None,
-                 dtype: torch.dtype = torch.float32) -> ReleaseWeights:
-    """Load a release folder (or its ``model_viq_fsq_<size>.pth``) into a `ViQModel` (eval mode).
+                 dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu") -> ReleaseWeights:
+    """Load published weights into a `ViQModel` (eval mode), in ``dtype`` on ``device``.
 
+    ``path``: anything `find_weights` accepts (the downloaded root with ``size``, a
+    ``converted_<size>/`` folder, the converter's ``converted/`` folder, the ``.pth``).
     ``config``: defaults to ``config.json`` beside the files, else ``presets.released(size)``.
-    ``embedder.pth`` / ``index_drawer.pth`` are optional; when present they are checked against
-    the model file (the report says what matched).
+    The model is built on the meta device and each tensor is read, cast and assigned on its own,
+    so peak memory is the model in ``dtype`` plus one tensor of the file. ``embedder.pth`` /
+    ``index_drawer.pth`` are optional; when present they are checked against the model file,
+    also tensor by tensor (the report says what matched). ``extras`` (VAE adapter / VAE) stay
+    memory-mapped views of the file: nothing is read until they are used.
     """
-    p = Path(path)
-    model_file = p if p.is_file() else find_model_file(p)
+    model_file, size = find_weights(path, size)
     directory = model_file.parent
-    size = size or size_from_path(model_file)
     cfg = _resolve_config(directory, size, config)
     _check_released_layout(cfg)
-    state = _torch_load(model_file)
-    ours, extras = {}, {}
-    for k, v in state.items():
+    pth = open_pth(model_file)
+    names = {}  # our name -> file name
+    extra_names = []
+    for k in pth.meta:
         if k.startswith(VAE_PREFIXES):
-            extras[k] = v
-            continue
-        # a copy: the model must not depend on the memory-mapped file staying unchanged
-        ours[_rename(k, HEAD_PREFIXES, reverse=True)] = v.to(dtype, copy=True)
+            extra_names.append(k)
+        else:
+            names[_rename(k, HEAD_PREFIXES, reverse=True)] = k
     with torch.device("meta"):
         model = ViQModel(cfg)
+    # keys and shapes first, from the file's metadata: fail before reading gigabytes
+    problem = state_mismatch(model.state_dict(), {o: pth.meta[k] for o, k in names.items()})
+    if problem:
+        raise ValueError(f"{model_file}: weights do not match the config: {problem}; was the "
+                         "file written for another config?")
+    ours = {o: pth.read(k, dtype, device) for o, k in names.items()}
     _load_strict(model, ours, str(model_file))
     model.eval()
-    report = [f"{model_file.name}: loaded {len(ours)} tensors (size {size or 'custom'}, "
-              f"levels {list(cfg.head.levels)}, official_compat={cfg.head.official_compat})"]
+    extras = {k: pth.mapped()[k] for k in extra_names} if extra_names else {}
+    report = [f"{model_file.name}: loaded {len(ours)} tensors as {str(dtype).split('.')[-1]} "
+              f"(size {size or 'custom'}, levels {list(cfg.head.levels)}, "
+              f"official_compat={cfg.head.official_compat})"]
     report += check_vae_extras(extras, cfg.encoder.width, model_file.name)
     for name in (EMBEDDER_FILE, DRAWER_FILE):
         if (directory / name).is_file():
-            report += _check_decode_file(model, directory / name, extras)
+            report += _check_decode_file(model, directory / name, extras, pth)
     return ReleaseWeights(model, size, extras, report)
 
 
-def _check_decode_file(model: ViQModel, path: Path, extras: dict[str, torch.Tensor]) -> list[str]:
-    """Compare an embedder/drawer file with the model's decode half (in bf16) and the extras."""
-    state = _torch_load(path)
+def _check_decode_file(model: ViQModel, path: Path, extras: dict[str, torch.Tensor],
+                       model_pth: PthFile) -> list[str]:
+    """Compare an embedder/drawer file with the model's decode half (in bf16) and the extras,
+    one tensor at a time (the extras are read from ``model_pth``, not through their map)."""
+    dec = open_pth(path)
     want = embedder_state_dict(model)
-    missing = sorted(set(want) - set(state))
+    missing = sorted(set(want) - set(dec.meta))
     if missing:
         raise ValueError(f"{path}: missing keys {missing[:5]}; not a ViQ {path.name} "
                          "for this model")
-    cb = state["ori_codebook.weight"]
+
+    def read(pth: PthFile, k: str) -> torch.Tensor:
+        return pth.read(k, torch.bfloat16, want["ori_codebook.weight"].device)
+
+    cb = dec.meta["ori_codebook.weight"]
     if tuple(cb.shape) != tuple(want["ori_codebook.weight"].shape) or not torch.equal(
-            cb.to(torch.bfloat16), want["ori_codebook.weight"]):
+            read(dec, "ori_codebook.weight"), want["ori_codebook.weight"]):
         raise ValueError(f"{path}: ori_codebook {tuple(cb.shape)} is not the implicit codebook of "
                          f"levels {list(model.levels)}; the file belongs to another FSQ size")
     differ = [k for k in want if k != "ori_codebook.weight"
-              and not torch.equal(state[k].to(torch.bfloat16), want[k])]
-    rest = {k: v for k, v in state.items() if k not in want}
+              and (dec.meta[k].shape != want[k].shape or not torch.equal(read(dec, k), want[k]))]
+    rest = [k for k in dec.meta if k not in want]
     lines = [f"{path.name}: {len(want)} decode tensors "
              + ("match the model file" if not differ else
                 f"DIFFER from the model file in {len(differ)} tensors, e.g. {differ[0]} "
                 "(embed() uses the model file's weights)")]
     if rest:
-        same = sum(1 for k, v in rest.items() if k in extras and torch.equal(
-            v.to(torch.bfloat16), extras[k].to(torch.bfloat16)))
+        same = sum(1 for k in rest if k in extras and dec.meta[k].shape == extras[k].shape
+                   and torch.equal(read(dec, k), read(model_pth, k)))
         lines.append(f"{path.name}: {len(rest)} VAE adapter/VAE tensors, {same} equal to the "
                      "model file's (the model file's are used by load_drawer)")
-        for k, v in rest.items():
-            extras.setdefault(k, v)
+        for k in rest:
+            if k not in extras:
+                extras[k] = dec.mapped()[k]
     return lines
 
 

@@ -11,6 +11,8 @@
 
 Precision: the model runs in the dtype of its parameters (``model.to(torch.bfloat16)`` is the
 release's inference setting); images are cast to that dtype on entry. FSQ rounding is always fp32.
+With ``head.official_compat`` the encoder's patch embedding is the release's per-image Conv2d
+(`viq.model.vit.PatchEmbed`), so bf16 codes equal the reference's bit for bit.
 """
 
 from __future__ import annotations
@@ -74,7 +76,9 @@ class ViQModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = ViTEncoder(cfg.encoder)
+        # the release's numerics reach the encoder too: its per-image Conv2d patch embedding
+        self.encoder = ViTEncoder(cfg.encoder,
+                                  patch_embed="conv" if cfg.head.official_compat else "matmul")
         self.head = ViQHead(cfg.head, cfg.encoder.width)
 
     @property

@@ -9,7 +9,8 @@ Outputs (SPEC B1.6, B1.7): the last block's tokens **before** the final LayerNor
 consumes) and, optionally, the MAP-pooled vector (final norm → attention pool).
 
 Departures from the release: no flash-attn (per-image SDPA instead); the patch conv is computed as
-one matmul over unfolded patches (same parameters, ``patch_embed.proj.weight`` [C, 3, p, p]). With
+one matmul over unfolded patches (same parameters, ``patch_embed.proj.weight`` [C, 3, p, p]),
+except with ``patch_embed="conv"`` (``head.official_compat``: the release's per-image Conv2d). With
 `layers.linear_rows` (tiny GEMMs padded to 16 rows) a token's value is independent of which other
 images share the batch: in fp32 an image alone and inside a packed batch give identical bits. The
 position table is resized once per distinct grid per forward. With ``pos_antialias`` (the Hugging
@@ -31,13 +32,25 @@ from viq.config import EncoderConfig
 from viq.model.layers import AttentionPool, Block, linear_rows
 from viq.model.packing import Packed
 
+PATCH_EMBED_MODES = ("matmul", "conv")
+
 
 class PatchEmbed(nn.Module):
-    """Conv2d(3→C, kernel p, stride p) evaluated as unfold + matmul."""
+    """Conv2d(3→C, kernel p, stride p), one image at a time.
 
-    def __init__(self, patch: int, width: int) -> None:
+    ``mode="matmul"`` (default): unfold + one matmul through `linear_rows` — measured faster on
+    CPU in fp32 and bf16 (docs/encoder.md). ``mode="conv"``: the release's own ``Conv2d`` call
+    on a (1, 3, H, W) batch of one, in the parameters' dtype — what ``official_compat`` uses,
+    since in bf16 the two differ by one rounding step in ~0.02 % of the elements and 40 bf16
+    blocks turn that into flipped codes (SPEC B1.2, B8.1). Same parameters either way.
+    """
+
+    def __init__(self, patch: int, width: int, mode: str = "matmul") -> None:
         super().__init__()
+        if mode not in PATCH_EMBED_MODES:
+            raise ValueError(f"PatchEmbed: mode must be one of {PATCH_EMBED_MODES}, got {mode!r}")
         self.patch = patch
+        self.mode = mode
         self.proj = nn.Conv2d(3, width, kernel_size=patch, stride=patch, bias=True)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -45,6 +58,11 @@ class PatchEmbed(nn.Module):
         p = self.patch
         c, hh, ww = image.shape
         h, w = hh // p, ww // p
+        if self.mode == "conv":
+            # contiguous NCHW as the reference feeds it (a channels-last-looking stride could
+            # select another kernel); (1, C, h, w) -> (C, h·w) -> (h·w, C) raster order
+            x = image.to(self.proj.weight.dtype).contiguous()[None]
+            return self.proj(x)[0].flatten(1).transpose(0, 1)
         # (3, h, p, w, p) -> (h, w, 3, p, p) -> (h·w, 3·p·p), matching the conv weight's layout
         x = image.reshape(c, h, p, w, p).permute(1, 3, 0, 2, 4).reshape(h * w, c * p * p)
         weight = self.proj.weight.reshape(self.proj.out_channels, -1)  # (C, 3·p·p)
@@ -92,11 +110,12 @@ class EncoderOutput:
 class ViTEncoder(nn.Module):
     """The any-resolution ViT. Parameter names match the release's flat state dict (SPEC B6.3)."""
 
-    def __init__(self, cfg: EncoderConfig) -> None:
+    def __init__(self, cfg: EncoderConfig, patch_embed: str = "matmul") -> None:
         super().__init__()
         self.cfg = cfg
         c = cfg.width
-        self.patch_embed = PatchEmbed(cfg.patch_size, c)
+        # "conv" under the release's numerics (ViQModel passes it for head.official_compat)
+        self.patch_embed = PatchEmbed(cfg.patch_size, c, patch_embed)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.pos_grid * cfg.pos_grid, c))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.blocks = nn.ModuleList(
