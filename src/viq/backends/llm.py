@@ -91,15 +91,43 @@ def smollm2_tokenizer():
     return AutoTokenizer.from_pretrained(str(folder), gguf_file=name, local_files_only=True)
 
 
-def smollm2(dtype: torch.dtype = torch.float32):
+SMOLLM2_CACHE = Path.home() / ".cache" / "viq" / "smollm2-135m-instruct"
+
+
+def smollm2(dtype: torch.dtype = torch.float32, cache_dir: str | Path | None = SMOLLM2_CACHE):
     """(model, tokenizer) of SmolLM2-135M-Instruct, dequantised from the GGUF (13–16 s on 2
-    cores)."""
-    from transformers import AutoModelForCausalLM
+    cores) the first time; the result is cached as a Hugging Face folder (safetensors) in
+    ``cache_dir`` so later loads take ~1 s (``cache_dir=None``: convert every call)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = smollm2_gguf()
-    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype=dtype,
-                                                 local_files_only=True)
-    return model, smollm2_tokenizer()
+    cached = Path(cache_dir) if cache_dir is not None else None
+    if cached is not None and (cached / "done").is_file():
+        model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=dtype,
+                                                     local_files_only=True)
+        return model, AutoTokenizer.from_pretrained(str(cached), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name,
+                                                 dtype=torch.float32, local_files_only=True)
+    tok = smollm2_tokenizer()
+    if cached is not None:
+        import os
+        import shutil
+
+        tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        # transformers refuses to save a GGUF-loaded model: copy the dequantised weights into a
+        # plain model of the same config first
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(model.state_dict())
+        plain.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        (tmp / "done").write_text(f"converted from {folder / name}\n")
+        shutil.rmtree(cached, ignore_errors=True)
+        tmp.rename(cached)  # atomic: a concurrent reader sees the whole folder or none
+    return model.to(dtype), tok
 
 
 def tiny_qwen2(vocab_size: int, hidden: int = 32, layers: int = 2, heads: int = 4,

@@ -1,0 +1,106 @@
+"""The demo's evaluation: everything the report shows, measured on held-out data.
+
+- Understanding on the test split (`viq.eval.understanding`): the continuous stage-1 model, the
+  quantized stage-2-2 model fed from the stored codes (no encoder), and two blind baselines of the
+  stage-2-2 model (another sample's image; no image at all).
+- Reconstruction from codes (`viq.eval.reconstruction`) of held-out synthetic images and of the
+  real photos that ship inside installed packages (`viq.data.photos`), at native aspect ratio.
+- Codes: usage and perplexity over the test split's codes; storage as raw RGB, uint16 and
+  entropy-packed (`viq.codes.pack`), beside the paper's 96×.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _stored_codes(store: Path) -> dict:
+    from viq.codes.store import CodeStore
+
+    out: dict = {}
+    for s in CodeStore(store).samples():
+        out[s.sample_id] = [r.image_codes for r in s.images]
+    return out
+
+
+def _storage(codes: list, out: Path) -> dict:
+    from viq.codes.pack import pack_codes
+
+    n_codes = sum(c.codes.numel() for c in codes)
+    raw = sum(c.grid[0] * c.grid[1] * 16 * 16 * 3 for c in codes)  # the pixels the encoder saw
+    packed = 0
+    for c in codes:
+        blob = pack_codes(c.codes.numpy().astype(np.int64), tuple(c.levels))
+        packed += len(blob)
+    bits = 8 * packed / max(1, n_codes)
+    return {"raw RGB": {"bytes": raw, "ratio": 1.0},
+            "uint16 codes": {"bytes": 2 * n_codes, "ratio": raw / max(1, 2 * n_codes)},
+            "entropy-packed": {"bytes": packed, "ratio": raw / max(1, packed),
+                               "bits_per_code": bits}}
+
+
+def _photos(limit: int) -> list[Path]:
+    """The photo bundled with viq, then the real photos of installed packages (viq data photos)."""
+    from viq.data.bundled import bundled_photo
+    from viq.data.photos import bundled_photo_paths
+
+    found = [bundled_photo()] + list(bundled_photo_paths().values())
+    return found[:limit]
+
+
+def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = True) -> dict:
+    from viq.eval.reconstruction import code_usage, reconstruct_files
+    from viq.eval.report import plot_losses, plot_reconstructions, plot_usage
+    from viq.eval.understanding import evaluate, load_run
+
+    results: dict = {"understanding": {}, "figures": {}}
+    test = data / "test.json"
+    codes = _stored_codes(store)
+    s1 = load_run(out / "stage1")
+    rep, _ = evaluate(s1, test, "images", limit=plan.eval_limit, progress=progress)
+    results["understanding"]["continuous (stage 1)"] = rep.to_dict()
+    del s1
+    s22 = load_run(out / "stage2_2")
+    for label, mode in (("quantized (stage 2-2, stored codes)", "codes"),
+                        ("blind: another sample's image", "shuffled"),
+                        ("blind: no image", "blind")):
+        rep, _ = evaluate(s22, test, mode, limit=plan.eval_limit,
+                          codes=codes if mode == "codes" else None, progress=progress)
+        results["understanding"][label] = rep.to_dict()
+    u = results["understanding"]
+    cont = u["continuous (stage 1)"]["overall"]["accuracy"]
+    quant = u["quantized (stage 2-2, stored codes)"]["overall"]["accuracy"]
+    results["understanding_note"] = (
+        f"quantized keeps {100 * quant / cont:.0f} % of the continuous model's accuracy"
+        if cont else "the continuous model answered nothing right")
+
+    figs = []
+    test_images = sorted((data / "images").glob("*.png"))
+    import json
+
+    test_ids = {r["image"][0]["img_path"] for r in json.loads(test.read_text())}
+    held_out = [p for p in test_images if f"images/{p.name}" in test_ids][:plan.recon_images]
+    rec, pairs = reconstruct_files(s22, held_out, keep=6)
+    results["reconstruction"] = {"synthetic test images": rec.to_dict()}
+    figs.append(plot_reconstructions(pairs, out, "recon_synthetic.png").name)
+    photos = _photos(plan.photos)
+    if photos:
+        rec, pairs = reconstruct_files(s22, photos, keep=plan.photos)
+        results["reconstruction"]["real photos"] = rec.to_dict()
+        figs.append(plot_reconstructions(pairs, out, "recon_photos.png").name)
+    results["figures"]["reconstructions"] = figs
+
+    flat = [c for cs in codes.values() for c in cs]
+    results["codes"] = code_usage(flat)
+    k = flat[0].codebook_size
+    counts = torch.bincount(torch.cat([c.codes.reshape(-1) for c in flat]), minlength=k)
+    results["figures"]["usage"] = plot_usage(counts, out).name
+    results["storage"] = _storage(flat, out)
+    results["figures"]["losses"] = plot_losses({s: out / s for s in
+                                                ("stage1", "stage2_1", "stage2_2")}, out).name
+    results["summary"] = (f"{len(flat)} test images as codes; understanding on "
+                          f"{u['continuous (stage 1)']['overall']['n']} test questions")
+    return results

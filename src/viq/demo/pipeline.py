@@ -1,0 +1,148 @@
+"""The demo: a miniature ViQ trained end to end on this machine, evaluated, with a report.
+
+    viq demo                  # default (~15 min on 2 cores)
+    viq demo --quick          # a shorter schedule (~5 min)
+
+Steps, each resumable (rerunning after an interruption continues; finished steps are skipped):
+
+1. ``data/``     the synthetic VQA benchmark (`viq.data.synth`: train/val/test + PNG images)
+2. ``vae/``      a small diffusers AutoencoderKL trained on it (`viq.demo.vae`): the latent target
+                 of L_recon and the decoder of reconstructions
+3. ``teacher/``  a miniature SigLIP: a small ViT trained sigmoid-contrastively against frozen
+                 MiniLM sentence embeddings (`viq.demo.teacher`): the distillation teacher
+4. ``stage1/`` → ``stage2_1/`` → ``stage2_2/``  the three ViQ stages through `viq.train` with
+                 SmolLM2-135M-Instruct (LoRA), each starting from the previous one
+5. ``store/``    the test split's codes (``viq extract``)
+6. ``results.json`` + ``report.html``  understanding (continuous stage-1 model / quantized stage
+                 2-2 model fed from the stored codes / blind baselines), reconstruction PSNR/SSIM
+                 on held-out synthetic images and real photos, code usage, storage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from viq.config import override
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoPlan:
+    """How much of everything (``quick`` vs default)."""
+
+    synth_n: int = 600
+    vae_steps: int = 400
+    teacher_steps: int = 300
+    steps: tuple[int, int, int] = (240, 80, 160)  # stage 1, 2-1, 2-2
+    eval_limit: int = 60  # test samples answered per condition (0 = all)
+    recon_images: int = 12
+    photos: int = 4
+
+
+QUICK = DemoPlan(synth_n=300, vae_steps=150, teacher_steps=120, steps=(80, 25, 50),
+                 eval_limit=40, recon_images=6, photos=2)
+STAGES = ("stage1", "stage2_1", "stage2_2")
+
+
+def _say(text: str, progress: bool) -> None:
+    if progress:
+        print(text, flush=True)
+
+
+def make_data(out: Path, plan: DemoPlan) -> Path:
+    from viq.data.synth import SynthConfig, write_json_dataset
+
+    data = out / "data"
+    if not (data / "meta.json").is_file():
+        import shutil
+
+        tmp = out / "data.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_json_dataset(SynthConfig(n=plan.synth_n, seed=0, max_side=384), tmp)
+        tmp.rename(data)
+    return data
+
+
+def stage_config(name: str, out: Path, data: Path, plan: DemoPlan):
+    """The demo's config of one stage, wired to the demo's data, VAE, teacher and previous run."""
+    from viq.demo import runs
+
+    cfg = {"stage1": runs.demo_stage1, "stage2_1": runs.demo_stage2_1,
+           "stage2_2": runs.demo_stage2_2}[name]()
+    i = STAGES.index(name)
+    sets = [f"data.train={data / 'train.json'}", f"data.val={data / 'val.json'}",
+            f"vae.source={out / 'vae'}", f"teacher.source={out / 'teacher'}",
+            f"run.steps={plan.steps[i]}", f"run.checkpoint_every={max(10, plan.steps[i] // 4)}"]
+    if i:
+        sets.append(f"stage.init_from={out / STAGES[i - 1]}")
+    return override(cfg, sets)
+
+
+def train_stage(name: str, out: Path, data: Path, plan: DemoPlan, progress: bool) -> Path:
+    from viq.train.loop import train
+
+    run = out / name
+    if (run / "final" / "weights.safetensors").is_file():
+        _say(f"[{name}] done already ({run})", progress)
+        return run
+    cfg = stage_config(name, out, data, plan)
+    res = train(cfg, run, resume=(run / "config.json").is_file(), progress=progress)
+    if res.stopped:
+        raise KeyboardInterrupt(f"{name} stopped; rerun viq demo to continue")
+    return run
+
+
+def extract_test(out: Path, data: Path, progress: bool) -> Path:
+    from viq.cli.main import main as viq
+
+    store = out / "store"
+    if not (store / "metadata.json").is_file() or _unfinished(store):
+        args = ["extract", str(data / "test.json"), "--out", str(store), "--checkpoint",
+                str(out / "stage2_2" / "final")] + ([] if progress else ["--quiet"])
+        if viq(args) != 0:
+            raise RuntimeError(f"viq extract into {store} failed")
+    return store
+
+
+def _unfinished(store: Path) -> bool:
+    meta = json.loads((store / "metadata.json").read_text())
+    return len(meta.get("shards", [])) < int(meta.get("num_shards", 1))
+
+
+def run_demo(out: str | Path = "viq_demo_out", quick: bool = False,
+             progress: bool = True) -> dict:
+    """Run (or continue) the whole demo into ``out``; returns the results dict."""
+    from viq.demo.evaluate import evaluate_demo
+    from viq.demo.runs import demo_teacher_encoder
+    from viq.demo.teacher import train_teacher
+    from viq.demo.vae import train_vae
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = QUICK if quick else DemoPlan()
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        t0 = time.perf_counter()
+        _say(f"== {name}", progress)
+        value = fn()
+        timings[name] = round(time.perf_counter() - t0, 1)
+        return value
+
+    data = timed("data", lambda: make_data(out, plan))
+    timed("vae", lambda: train_vae(data, out / "vae", steps=plan.vae_steps, progress=progress))
+    timed("teacher", lambda: train_teacher(data, out / "teacher", steps=plan.teacher_steps,
+                                           encoder=demo_teacher_encoder(), image_size=128,
+                                           progress=progress))
+    for name in STAGES:
+        timed(name, lambda n=name: train_stage(n, out, data, plan, progress))
+    store = timed("extract", lambda: extract_test(out, data, progress))
+    results = timed("evaluate", lambda: evaluate_demo(out, data, store, plan, progress))
+    results["timings"] = {**timings, "total": round(sum(timings.values()), 1)}
+    results["plan"] = dataclasses.asdict(plan) | {"quick": quick}
+    from viq.eval.report import write_html
+
+    write_html(results, out)
+    return results

@@ -1,0 +1,58 @@
+"""The demo's training runs: a miniature ViQ with a real pretrained LLM (SmolLM2-135M-Instruct).
+
+The demo model is SigLIP2-shaped but small (width 128, depth 4, patch 16) and sees the synthetic
+benchmark at ≤ 224² pixels (even patch grids). Its teacher and VAE are trained by the demo itself
+(`viq.demo.teacher`, `viq.demo.vae`) and named by folder. LoRA r=16 on every linear layer of the
+LLM, fp32 (measured here: bf16 autocast made SmolLM2's forward + backward 5–10× slower on these
+CPUs, unlike the ViT). Learning rates are the paper's ratios
+(new parameters 2× the others in stage 2-1) at a scale that moves in a few hundred steps.
+
+``steps`` and the folders are set by `viq.demo.pipeline` through ``--set``-style overrides.
+"""
+
+from __future__ import annotations
+
+from viq.config import EncoderConfig, HeadConfig, ImageConfig, ModelConfig
+from viq.data.loader import DataConfig
+from viq.supervision.config import LLMConfig, TeacherConfig, VAEConfig
+from viq.train.config import DataSpec, OptimConfig, RunConfig, TrainConfig
+from viq.train.stages import Stage, stage1, stage2_1, stage2_2
+
+
+def demo_model() -> ModelConfig:
+    return ModelConfig(
+        encoder=EncoderConfig(width=128, depth=4, heads=4, mlp_dim=512, pos_grid=16),
+        image=ImageConfig(resize="224x32", max_pixels=224 * 224),
+        head=HeadConfig(levels=(8, 8, 8, 5, 5, 5), heads=4, pre_blocks=1, headwise_blocks=2,
+                        headwise_dim=32, post_residual=1, bottleneck_dim=32, pos_grid=16))
+
+
+def demo_teacher_encoder() -> EncoderConfig:
+    return EncoderConfig(width=128, depth=4, heads=4, mlp_dim=512, pos_grid=8)
+
+
+def _demo(stage: Stage, steps: int = 100) -> TrainConfig:
+    return TrainConfig(
+        model=demo_model(),
+        stage=stage,
+        llm=LLMConfig(source="smollm2", adapter="lora", rank=16, alpha=32.0, dropout=0.0),
+        teacher=TeacherConfig(source="random", image_size=128, encoder=demo_teacher_encoder()),
+        vae=VAEConfig(source="tiny"),
+        data=DataSpec(train="synth", synth_n=400, synth_max_side=384,
+                      loader=DataConfig(max_tokens=320, rows=1)),
+        optim=OptimConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1),
+        run=RunConfig(steps=steps, dtype="fp32", checkpoint_every=25, keep=1, log_every=1,
+                      val_batches=2),
+    )
+
+
+def demo_stage1() -> TrainConfig:
+    return _demo(stage1(lr=1e-3))
+
+
+def demo_stage2_1() -> TrainConfig:
+    return _demo(stage2_1(lr_new=1e-3, lr_old=5e-4))
+
+
+def demo_stage2_2() -> TrainConfig:
+    return _demo(stage2_2(lr=5e-4))

@@ -1,0 +1,167 @@
+"""The demo report: ``report.html`` + PNG figures (matplotlib), from the demo's ``results.json``.
+
+Figures: loss curves per stage (from each run's ``metrics.jsonl``), originals next to their
+reconstructions from codes (several sizes and aspect ratios), the code-usage histogram, and the
+understanding table (continuous / quantized from stored codes / blind baselines, per category),
+storage (raw RGB / uint16 codes / entropy-packed, beside the paper's 96×) and the MLLM speed-up.
+Everything the page shows is in ``results.json`` too.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import torch
+
+from viq.train.metrics import read_metrics
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_losses(runs: dict[str, Path], out: Path) -> Path:
+    """One panel per stage: total loss and each term over steps (train), val as dots."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.2), squeeze=False)
+    for ax, (name, run) in zip(axes[0], runs.items(), strict=True):
+        recs = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
+        train = [r for r in recs if r.get("split") == "train" and "loss" in r]
+        for key in ("loss", "text", "distill", "recon"):
+            pts = [(r["step"], r[key]) for r in train if key in r]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), label=key, lw=1.2)
+        val = [(r["step"], r["loss"]) for r in recs if r.get("split") == "val" and "loss" in r]
+        if val:
+            ax.scatter(*zip(*val, strict=True), s=18, c="k", label="val loss", zorder=3)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "losses.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_reconstructions(pairs: list[tuple[torch.Tensor, torch.Tensor]], out: Path,
+                         name: str = "reconstructions.png") -> Path:
+    """Originals (top) and reconstructions from codes (bottom), native aspect ratios."""
+    plt = _plt()
+    n = max(1, len(pairs))
+    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.4), squeeze=False)
+    for i, (x, y) in enumerate(pairs):
+        for row, img in enumerate((x, y)):
+            ax = axes[row][i]
+            ax.imshow(img.clamp(0, 1).permute(1, 2, 0).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0][i].set_title(f"{x.shape[2]}×{x.shape[1]}", fontsize=8)
+    axes[0][0].set_ylabel("original")
+    axes[1][0].set_ylabel("from codes")
+    fig.tight_layout()
+    path = out / name
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_usage(counts: torch.Tensor, out: Path) -> Path:
+    """Histogram of code frequencies (codes sorted by frequency, log scale)."""
+    plt = _plt()
+    c = counts.double()
+    used = c[c > 0].sort(descending=True).values
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(range(1, len(used) + 1), (used / c.sum()).numpy(), lw=1.2)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("code rank")
+    ax.set_ylabel("frequency")
+    ax.set_title(f"{len(used):,} of {len(c):,} codes used")
+    fig.tight_layout()
+    path = out / "code_usage.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _table(rows: list[list[str]], head: list[str]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f} %"
+
+
+def understanding_table(results: dict) -> str:
+    conds = results["understanding"]
+    cats = sorted({c for r in conds.values() for c in r["per_category"]})
+    head = ["condition"] + cats + ["overall"]
+    rows = []
+    for name, r in conds.items():
+        rows.append([name] + [_pct(r["per_category"].get(c, {}).get("accuracy")) for c in cats]
+                    + [_pct(r["overall"]["accuracy"])])
+    return _table(rows, head)
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto;color:#222}
+table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #ccc;padding:4px 10px;
+text-align:right}th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
+img{max-width:100%;border:1px solid #ddd;margin:6px 0}.note{color:#666;font-size:90%}
+h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}"""
+
+
+def write_html(results: dict, out: Path) -> Path:
+    """``report.html`` from ``results`` (figures referenced by file name, next to it)."""
+    r = results
+    parts = [f"<html><head><meta charset='utf-8'><title>viq demo report</title><style>{CSS}"
+             "</style></head><body>",
+             "<h1>ViQ miniature — trained on this machine</h1>",
+             f"<p class='note'>{html.escape(r.get('summary', ''))}</p>"]
+    parts += ["<h2>Understanding (synthetic test split, exact match)</h2>",
+              understanding_table(r),
+              f"<p class='note'>{html.escape(r.get('understanding_note', ''))}</p>"]
+    rec = r.get("reconstruction", {})
+    rows = [[k, f"{v['psnr']:.2f}", f"{v['ssim']:.3f}", v["n"]] for k, v in rec.items()]
+    parts += ["<h2>Reconstruction from codes</h2>",
+              _table(rows, ["images", "PSNR dB", "SSIM", "n"])]
+    for fig in r.get("figures", {}).get("reconstructions", []):
+        parts.append(f"<img src='{html.escape(fig)}'>")
+    u = r.get("codes", {})
+    if u:
+        parts += ["<h2>Codes</h2>", _table([[
+            f"{u['codebook']:,}", f"{u['distinct']:,}", f"{100 * u['usage']:.1f} %",
+            f"{u['perplexity']:.0f}", f"{u.get('entropy_bits', 0):.2f}"]],
+            ["codebook", "distinct used", "usage", "perplexity", "entropy bits/code"])]
+        if "usage" in r.get("figures", {}):
+            parts.append(f"<img src='{html.escape(r['figures']['usage'])}'>")
+    s = r.get("storage", {})
+    if s:
+        parts += ["<h2>Storage</h2>", _table([[k, f"{v['bytes']:,}", f"{v['ratio']:.1f}×"]
+                                              for k, v in s.items()],
+                                             ["form", "bytes", "smaller than raw RGB"]),
+                  "<p class='note'>The paper stores codes as uint16: 96× smaller than raw RGB."
+                  "</p>"]
+    sp = r.get("speedup")
+    if sp:
+        parts += ["<h2>MLLM training from stored codes</h2>",
+                  _table([[k, f"{v:.2f}"] for k, v in sp.items()], ["measure", "value"])]
+    parts += ["<h2>Training</h2>",
+              f"<img src='{html.escape(r.get('figures', {}).get('losses', ''))}'>",
+              _table([[k, v] for k, v in r.get("timings", {}).items()], ["step", "seconds"]),
+              "</body></html>"]
+    path = out / "report.html"
+    path.write_text("\n".join(parts))
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return path
