@@ -328,7 +328,10 @@ def test_native_rule_aligns_down_with_even_grids():
         w, h = rng.randint(1, 4000), rng.randint(1, 4000)
         tw, th = target_size(w, h, cfg)
         assert (tw // 16) % 2 == 0 and (th // 16) % 2 == 0  # even 16-px patch grids
-        assert tw == max(w - w % 32, 32) and th == max(h - h % 32, 32)
+        if max(w, 32) * max(h, 32) <= ImageConfig.AUTO_MAX_PIXELS:
+            assert tw == max(w - w % 32, 32) and th == max(h - h % 32, 32)
+        else:  # larger images are shrunk into the automatic per-image budget
+            assert tw * th <= ImageConfig.AUTO_MAX_PIXELS
 
 
 def test_list_form_pil_order_and_minimum():

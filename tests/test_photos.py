@@ -70,7 +70,7 @@ def test_other_packages_and_missing_package_message(tmp_path):
     assert load_photo("china").size == (640, 427)
     assert load_photo("grace_hopper").size == (512, 600)
     fake = (PhotoSource("x", "viq_no_such_package", "viq-no-such", "a.png", None),)
-    assert "pip install 'viq[photos]'" in missing_photos(fake)["x"]
+    assert "pip install -e '.[photos]'" in missing_photos(fake)["x"]
 
 
 def test_cli_photos(tmp_path, capsys):

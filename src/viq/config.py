@@ -16,7 +16,7 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 T = TypeVar("T")
 
@@ -65,22 +65,32 @@ class ImageConfig:
 
     ``resize``: ``"native"`` keeps the size (then aligned down), ``"<base>x<align>"`` is the
     release's area-preserving rule (W·H ≈ base²); a dataset sample may also carry an explicit
-    ``[W, H]`` (see ``viq.data.images``). ``min_pixels`` / ``max_pixels`` clamp the area afterwards
-    (0 = no bound). ``align`` defaults to 32 px so that patch grids are even (the LLM projector
-    pools 2×2).
+    ``[W, H]`` (see ``viq.data.images``). ``align`` defaults to 32 px so that patch grids are
+    even (the LLM projector pools 2×2).
+
+    Resource bounds (one policy, docs/images.md "Resource limits"): ``min_pixels`` raises and
+    ``max_pixels`` lowers every image's encoder area afterwards. ``max_pixels`` = 0 is the automatic
+    per-image budget: 2·base² for a ``<base>x<align>`` rule (only extreme aspect ratios reach it)
+    but at most ``AUTO_MAX_PIXELS``, which is also the budget of ``native`` and ``[W, H]`` sizes.
+    ``max_image_pixels`` refuses larger files from their header, before decoding.
     """
+
+    AUTO_MAX_PIXELS: ClassVar[int] = 4_194_304  # 2048² = 16,384 patches of 16 px
 
     resize: str = "native"
     align: int = 32
     min_pixels: int = 0
-    max_pixels: int = 0
+    max_pixels: int = 0  # 0 = automatic budget (see above); never unbounded
     max_image_pixels: int = 89_478_485  # decompression-bomb bound (PIL's default)
 
     def __post_init__(self) -> None:
         _check(self.align > 0, "image.align", "must be positive")
         _check(self.min_pixels >= 0 and self.max_pixels >= 0, "image.min_pixels/max_pixels",
-               "must be >= 0 (0 = no bound)")
+               "must be >= 0 (max_pixels 0 = the automatic budget)")
         _check(self.max_image_pixels > 0, "image.max_image_pixels", "must be positive")
+        _check(self.max_pixels <= self.max_image_pixels, "image.max_pixels",
+               f"{self.max_pixels:,} is above image.max_image_pixels {self.max_image_pixels:,} "
+               "(no image that large is decoded); raise image.max_image_pixels too")
         if self.max_pixels and self.min_pixels:
             _check(self.min_pixels <= self.max_pixels, "image.min_pixels",
                    f"{self.min_pixels} exceeds image.max_pixels {self.max_pixels}")
@@ -89,6 +99,11 @@ class ImageConfig:
             ok = len(parts) == 2 and all(p.strip().isdigit() and int(p) > 0 for p in parts)
             _check(ok, "image.resize",
                    f"expected 'native' or '<base>x<align>' (e.g. '384x32'), got {self.resize!r}")
+            base = int(parts[0])
+            _check(self.max_pixels or base * base <= self.AUTO_MAX_PIXELS, "image.resize",
+                   f"{self.resize!r} asks for {base * base:,} pixels per image, above the "
+                   f"automatic budget {self.AUTO_MAX_PIXELS:,}; set image.max_pixels too "
+                   f"(e.g. image.max_pixels={2 * base * base})")
 
 
 # ----------------------------------------------------------------------------------------------

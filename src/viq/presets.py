@@ -40,7 +40,8 @@ def siglip2_g() -> ModelConfig:
 def released(size: str = "64k") -> ModelConfig:
     """The published ViQ weights' model for one FSQ size (2k/4k/8k/16k/64k; SPEC B6.3).
 
-    SigLIP2-g encoder + the released head layout with the release's numerics switched on.
+    SigLIP2-g encoder + the released head layout with the release's numerics switched on
+    (``head.official_compat``, which also gives the encoder the release's Conv2d patch embedding).
     """
     from viq.quant.fsq import FSQ_PRESETS
 

@@ -11,6 +11,12 @@ BENCHES: dict[str, tuple[str, str]] = {
              "encoder + quantizer head: s/image at width 1536 (fp32, bf16), tokens/s tiny/demo"),
     "data": ("viq.eval.bench_data",
              "training input: loader samples/s (0 and N workers) vs a tiny training step"),
+    "load": ("viq.eval.bench_load",
+             "published weights: load time and peak memory (cold, warm), old vs streaming path"),
+    "mllm-speedup": ("viq.eval.bench_mllm",
+                     "MLLM training step: online encoder + head vs stored codes (SPEC A4)"),
+    "train": ("viq.eval.bench_train",
+              "training step split by component (tiny, demo), fp32 vs bf16, activation ckpt"),
 }
 
 

@@ -2,16 +2,27 @@
 
 Files, directories (searched recursively) and glob patterns become jobs (source → output path);
 outputs keep a file's sub-path below a directory given on the command line; two sources that would
-write the same output stop the command before any work. The end-of-run summary is shared too.
+write the same output stop the command before any work. Nothing found in a folder is dropped
+silently: an entry that is not an input of the command (another file type, a folder named like an
+image, a link to a folder) is counted and listed as *skipped*; one that looks like an input but
+cannot be one (a broken or looping symbolic link, a FIFO or device, an unreadable folder) as
+*failed*. The output folder itself is never searched. The end-of-run summary is shared too.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
+import os
+import stat
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from viq.cli.errors import UsageError, printable
+
+LISTED = 20  # skipped / redone entries listed one by one; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -20,43 +31,142 @@ class Job:
     out: Path
 
 
+@dataclass
+class Inputs:
+    """Jobs, plus entries that are not jobs: ``failed`` and ``skipped`` ("path: reason")."""
+
+    jobs: list[Job] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _broken_link(path: Path) -> str:
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        return f"a broken symbolic link (its target {printable(os.readlink(path))!r} is missing)"
+    return "a symbolic link that cannot be followed"
+
+
+def _classify(path: Path, wanted: Callable[[Path], bool], kind: str, other: Callable[[Path], str]
+              ) -> tuple[str, str]:
+    """("job" | "failed" | "skipped", reason) for one entry found in a folder or by a pattern."""
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        return "failed", f"cannot access it ({e.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        if not path.exists():
+            return ("failed" if wanted(path) else "skipped"), _broken_link(path)
+        if path.is_dir():
+            return "skipped", "a symbolic link to a folder (not followed; name it explicitly)"
+        st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        if wanted(path):
+            return "skipped", f"a folder named like one of the {kind} (searched as a folder)"
+        return "skipped", "a folder (give it as an input of its own to search it)"
+    if not stat.S_ISREG(st.st_mode):
+        return ("failed" if wanted(path) else "skipped"), "not a regular file (FIFO, socket or " \
+                                                          "device)"
+    if wanted(path):
+        return "job", ""
+    return "skipped", other(path)
+
+
+def _walk(root: Path, out: Path, wanted: Callable[[Path], bool], found: list[Path],
+          failed: list[str]) -> None:
+    """Every entry below ``root`` (files, links, special files; folders named like inputs), not
+    descending into symbolic links or the output folder; unreadable folders are failures."""
+    out_real = os.path.realpath(out)
+
+    def onerror(e: OSError) -> None:
+        failed.append(f"{printable(e.filename)}: cannot read the folder ({e.strerror})")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
+        keep = []
+        for d in sorted(dirnames):
+            p = Path(dirpath, d)
+            if os.path.realpath(p) == out_real:
+                continue  # the output folder inside an input folder
+            if p.is_symlink() or wanted(p):
+                found.append(p)  # reported: a link to a folder, or a folder named like a file
+            if not p.is_symlink():
+                keep.append(d)
+        dirnames[:] = keep
+        found += [Path(dirpath, f) for f in sorted(filenames)]
+
+
 def expand_inputs(inputs: list[str], out: Path, *, wanted: Callable[[Path], bool], kind: str,
-                  out_name: Callable[[str], str], prog: str) -> tuple[list[Job], list[str]]:
-    """Inputs → unique jobs, plus problems found here (a directory or pattern that matches nothing).
+                  out_name: Callable[[str], str], prog: str,
+                  other: Callable[[Path], str] | None = None) -> Inputs:
+    """Inputs → unique jobs, plus the entries found that are not jobs, with the reason.
 
     ``wanted``: which files a directory contributes (described by ``kind``); ``out_name`` maps a
-    source name (relative to its directory) to the output name. A file named explicitly is always
-    taken; a missing one fails when it is loaded.
+    source name (relative to its directory) to the output name; ``other`` says why a file that is
+    not wanted was skipped. A file named explicitly is always taken; a missing one fails when it
+    is loaded.
     """
-    jobs: list[Job] = []
-    problems: list[str] = []
+    other = other or (lambda p: f"not one of the {kind}")
+    res = Inputs()
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(f for f in path.rglob("*") if f.is_file() and wanted(f))
-            if not found:
-                problems.append(f"{item}: directory contains no {kind}")
-            jobs += [Job(f, out / out_name(str(f.relative_to(path)))) for f in found]
+            entries: list[Path] = []
+            _walk(path, out, wanted, entries, res.failed)
+            base = path
         elif glob.has_magic(item):
-            found = sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
-            if not found:
-                problems.append(f"{item}: the pattern matches no files")
-            jobs += [Job(f, out / out_name(f.name)) for f in found]
+            entries = sorted(Path(f) for f in glob.glob(item, recursive=True))
+            if not entries:
+                res.failed.append(f"{printable(item)}: the pattern matches no files")
+            base = None
         else:
-            jobs.append(Job(path, out / out_name(path.name)))
+            res.jobs.append(Job(path, out / out_name(path.name)))
+            continue
+        before = len(res.jobs)
+        for entry in entries:
+            verdict, reason = _classify(entry, wanted, kind, other)
+            if verdict == "job":
+                rel = str(entry.relative_to(base)) if base is not None else entry.name
+                res.jobs.append(Job(entry, out / out_name(rel)))
+            elif verdict == "failed":
+                res.failed.append(f"{printable(entry)}: {reason}")
+            else:
+                res.skipped.append(f"{printable(entry)}: {reason}")
+        if base is not None and len(res.jobs) == before:
+            res.failed.append(f"{printable(item)}: directory contains no {kind}")
     seen: dict[Path, Path] = {}
-    for job in jobs:
+    for job in res.jobs:
         if seen.setdefault(job.out, job.source) != job.source:
             verb = prog.split()[-1]
-            raise SystemExit(f"{prog}: {seen[job.out]} and {job.source} would both write "
-                             f"{job.out}; {verb} them into separate output directories")
-    return list({job.out: job for job in jobs}.values()), problems
+            raise UsageError(f"{printable(seen[job.out])} and {printable(job.source)} would both "
+                             f"write {printable(job.out)}; {verb} them into separate output "
+                             "directories", prog=prog)
+    res.jobs = list({job.out: job for job in res.jobs}.values())
+    return res
 
 
-def report(prog: str, written: int, skipped: int, failures: list[str], out: Path) -> int:
-    """Print the run's summary (failures to stderr); the exit status: 1 if anything failed."""
-    print(f"{prog}: {written} written, {skipped} already present (use --overwrite to redo), "
-          f"{len(failures)} failed -> {out}")
-    for line in failures:
-        print(f"  failed: {line}", file=sys.stderr)
+def _listing(label: str, lines: list[str], limit: int | None) -> None:
+    shown = lines if limit is None else lines[:limit]
+    for line in shown:
+        print(f"  {label}: {printable(line)}", file=sys.stderr)
+    if len(lines) > len(shown):
+        print(f"  {label}: ... and {len(lines) - len(shown)} more", file=sys.stderr)
+
+
+def report(prog: str, written: int, present: int, failures: list[str], out: Path, *,
+           skipped: list[str] = (), redone: list[str] = ()) -> int:  # type: ignore[assignment]
+    """Print the run's summary (details to stderr); the exit status: 1 if anything failed.
+
+    ``present``: outputs re-used (verified); ``redone``: outputs found but not re-usable, written
+    again (with the reason); ``skipped``: entries that are not inputs; ``failures``: every input
+    that could not be processed (all listed).
+    """
+    again = f" ({len(redone)} redone)" if redone else ""
+    print(f"{prog}: {written} written{again}, {present} already present (use --overwrite to "
+          f"redo), {len(skipped)} skipped, {len(failures)} failed -> {printable(out)}")
+    _listing("redone", list(redone), LISTED)
+    _listing("skipped", list(skipped), LISTED)
+    _listing("failed", failures, None)
     return 1 if failures else 0

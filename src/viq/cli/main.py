@@ -9,6 +9,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("viq.cli.encode", "images -> codes files (published ViQ weights or a checkpoint)"),
     "decode": ("viq.cli.decode", "codes files -> PNG images (published ViQ weights' index_drawer)"),
     "data": ("viq.cli.data", "datasets: synthetic VQA benchmark, scoring, bundled real photos"),
+    "train": ("viq.cli.train", "train a ViQ stage (stage 1, 2-1, 2-2): LLM + teacher + VAE losses"),
+    "extract": ("viq.cli.extract", "dataset -> code store (Parquet), sharded and resumable"),
+    "codes": ("viq.cli.codes", "code stores and codes files: verify, pack, unpack, stats"),
+    "compress": ("viq.cli.compress", "image -> entropy-packed codes file (.viqz)"),
+    "decompress": ("viq.cli.decompress", "packed codes file (.viqz) -> image or codes file"),
+    "eval": ("viq.cli.eval", "evaluate a trained run: answers per category, reconstruction"),
+    "ablate": ("viq.demo.ablate", "the paper's key ablations at demo scale (after viq demo)"),
     "bench": ("viq.cli.bench", "benchmarks: encoder (vs HF Siglip2), head, data loader"),
 }
 

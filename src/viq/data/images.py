@@ -19,8 +19,11 @@ Departures from the release (which only calls ``convert("RGB")``):
   whatever colour the transparent pixels store).
 - 16-bit grayscale is scaled by 1/257 (``convert`` clips it at 255, turning it almost all white);
   float images in [0, 1] are scaled by 255.
-- A final safety cap keeps every target size at or below ``ImageConfig.max_image_pixels`` pixels
-  (the release has no bound: a 1-pixel-wide strip grows without limit under its rule).
+- Every target size is kept within a per-image budget (`pixel_budget`: ``image.max_pixels``, or
+  an automatic one). The release has no bound: a 1-pixel-high strip grows without limit under
+  its rule (a 3 KB PNG of 1,000,000×1 pixels became 32,000 patches).
+- Decoded pixels are checked against the header (`viq.data.imagecheck`): a file whose data ends
+  before the picture it declares is refused (Pillow fills the rest with black).
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,10 +42,12 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from viq.config import ImageConfig
+from viq.data.imagecheck import load_complete
 
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's default bomb limit (~ 0.25 GB of RGB)
 MIN_LIST_SIDE = 64  # the release raises each side of an explicit [W, H] size to at least 64
 WHITE = (255, 255, 255)
+_STRIP_PIXELS = 1 << 22  # pixels per strip when compositing transparency
 
 
 class ImageError(ValueError):
@@ -79,8 +85,10 @@ def _describe_non_image(head: bytes) -> str:
     return f"not a recognised image format (first bytes {head[:8].hex(' ')})"
 
 
-def _open_checked(fp: io.BufferedIOBase, label: str, max_pixels: int) -> Image.Image:
-    """Open (header only), check the pixel count, then decode every pixel."""
+def _open_checked(fp: io.BufferedIOBase, label: str, max_pixels: int,
+                  reopen: Callable[[], Image.Image]) -> Image.Image:
+    """Open (header only), check the pixel count, then decode every pixel and check that the
+    data filled the whole picture the header declares (`viq.data.imagecheck`)."""
     try:
         img = Image.open(fp)
     except UnidentifiedImageError:
@@ -100,8 +108,10 @@ def _open_checked(fp: io.BufferedIOBase, label: str, max_pixels: int) -> Image.I
                          f"limit of {max_pixels:,} (a possible decompression bomb)",
                          "Downscale the image beforehand, or raise max_image_pixels "
                          "(image.max_image_pixels) if you trust the file")
-    # load() decodes the whole first frame now, so truncation and corrupt data surface here.
-    img.load()
+    # Decode the whole first frame now, so truncation and corrupt data surface here.
+    problems = load_complete(img, reopen)
+    if problems:
+        raise ImageError(label, problems[0], _FIX_BAD_FILE)
     return img
 
 
@@ -128,8 +138,11 @@ def load_image(source: str | Path | bytes, *, name: str | None = None,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             is_bytes = isinstance(source, (bytes, bytearray, memoryview))
-            with io.BytesIO(bytes(source)) if is_bytes else open(source, "rb") as fp:
-                img = _open_checked(fp, label, max_image_pixels)
+            data = bytes(source) if is_bytes else b""
+            reopen = (lambda: Image.open(io.BytesIO(data))) if is_bytes else (
+                lambda: Image.open(source))
+            with io.BytesIO(data) if is_bytes else open(source, "rb") as fp:
+                img = _open_checked(fp, label, max_image_pixels, reopen)
                 img = _upright(img, label)
                 return _to_rgb(img, label, background)
     except ImageError:
@@ -156,6 +169,9 @@ def _check_path(path: Path, label: str) -> None:
                          "Check the path and its permissions") from None
     if path.is_dir():
         raise ImageError(label, "is a directory, not an image file", "Pass the image file itself")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(label, "is not a regular file (a FIFO, socket or device)",
+                         "Pass an image file")
     if st.st_size == 0:
         raise ImageError(label, "the file is empty (0 bytes)", _FIX_BAD_FILE)
 
@@ -179,9 +195,16 @@ def _to_rgb(img: Image.Image, label: str, background: tuple[int, int, int]) -> I
         return Image.fromarray(_gray_to_uint8(img), "L").convert("RGB")
     if img.has_transparency_data:
         # RGBA, LA, PA, premultiplied modes, and palette / L / RGB with a transparent colour key.
-        rgba = img.convert("RGBA")
-        base = Image.new("RGBA", img.size, (*background, 255))
-        return Image.alpha_composite(base, rgba).convert("RGB")
+        # Composited in strips of rows (per-pixel, so identical to one call): a large image then
+        # costs one RGB copy instead of four full-size RGBA/RGB intermediates.
+        out = Image.new("RGB", img.size)
+        step = max(1, _STRIP_PIXELS // img.width)
+        for y in range(0, img.height, step):
+            box = (0, y, img.width, min(y + step, img.height))
+            rgba = img.crop(box).convert("RGBA")
+            base = Image.new("RGBA", rgba.size, (*background, 255))
+            out.paste(Image.alpha_composite(base, rgba).convert("RGB"), box[:2])
+        return out
     try:
         return img.convert("RGB")  # 1, L, P, CMYK (no ICC colour management), YCbCr, HSV
     except (ValueError, OSError) as e:
@@ -267,13 +290,30 @@ def _fit_min(w: int, h: int, limit: int, align: int) -> tuple[int, int]:
     return w2, h2
 
 
+def pixel_budget(cfg: ImageConfig, spec: str | Sequence[int] | ResizeRule | None = None) -> int:
+    """The most pixels one image is given to the encoder (the per-image budget; docs/images.md).
+
+    ``cfg.max_pixels`` when set; else automatic: 2·base² for a ``<base>x<align>`` rule (the rule
+    aims at base², so only extreme aspect ratios reach it), capped at ``AUTO_MAX_PIXELS`` (also the
+    budget of ``native`` and ``[W, H]`` sizes). Never above ``cfg.max_image_pixels``, never below
+    one align unit squared.
+    """
+    rule = spec if isinstance(spec, ResizeRule) else parse_resize(spec, cfg)
+    if cfg.max_pixels:
+        budget = cfg.max_pixels
+    elif rule.kind == "area":
+        budget = min(2 * rule.base * rule.base, ImageConfig.AUTO_MAX_PIXELS)
+    else:
+        budget = ImageConfig.AUTO_MAX_PIXELS
+    return max(min(budget, cfg.max_image_pixels), rule.align * rule.align)
+
+
 def target_size(width: int, height: int, cfg: ImageConfig,
                 spec: str | Sequence[int] | None = None) -> tuple[int, int]:
     """(W, H) that an image of ``width``×``height`` is resized to (rules: docs/images.md).
 
     1. The rule (``spec``, else ``cfg.resize``): native, the release's area rule, or [W, H].
-    2. ``cfg.min_pixels`` then ``cfg.max_pixels`` (0 = none; max wins), re-aligned.
-    3. A safety cap at ``cfg.max_image_pixels`` pixels.
+    2. ``cfg.min_pixels``, then the per-image budget `pixel_budget` (max wins), re-aligned.
     """
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}×{height}")
@@ -293,9 +333,7 @@ def target_size(width: int, height: int, cfg: ImageConfig,
                          f"{a}×{a} align unit; raise it to at least {a * a}")
     if cfg.min_pixels:
         w, h = _fit_min(w, h, cfg.min_pixels, a)
-    if cfg.max_pixels:
-        w, h = _fit_max(w, h, cfg.max_pixels, a)
-    return _fit_max(w, h, max(cfg.max_image_pixels, a * a), a)
+    return _fit_max(w, h, pixel_budget(cfg, rule), a)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,11 +396,19 @@ def release_crop_geometry(width: int, height: int, target: int = RELEASE_INFEREN
     return size, box  # type: ignore[return-value]
 
 
-def release_resize_and_center_crop(img: Image.Image, target: int = RELEASE_INFERENCE_SIZE
-                                   ) -> Image.Image:
+def release_resize_and_center_crop(img: Image.Image, target: int = RELEASE_INFERENCE_SIZE,
+                                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """The release's inference preprocessing of an RGB image: short side → ``target`` with PIL
-    BICUBIC (Pillow's default filter), then a centred ``target``×``target`` crop."""
+    BICUBIC (Pillow's default filter), then a centred ``target``×``target`` crop.
+
+    The intermediate (uncropped) size grows with the aspect ratio; above ``max_pixels`` it is a
+    ValueError (a 1000×1 strip at target 1024 would need a 1,024,000×1024 intermediate image).
+    """
     size, box = release_crop_geometry(img.width, img.height, target)
+    if size[0] * size[1] > max_pixels:
+        raise ValueError(f"the reference crop would first resize it to {size[0]:,}×{size[1]:,} = "
+                         f"{size[0] * size[1]:,} pixels, above the bound of {max_pixels:,} "
+                         "(image.max_image_pixels)")
     return img.resize(size, Image.Resampling.BICUBIC).crop(box)
 
 
@@ -373,4 +419,8 @@ def load_for_release_inference(source: str | Path | bytes, target: int = RELEASE
     equal to the release's inference pixels (cast it to bf16, as the release does, by running a
     bf16 model). Loading differs from the release only as `load_image` documents (EXIF, alpha)."""
     img = load_image(source, name=name, max_image_pixels=max_image_pixels)
-    return to_tensor(release_resize_and_center_crop(img, target))
+    try:
+        return to_tensor(release_resize_and_center_crop(img, target, max_image_pixels))
+    except ValueError as e:
+        raise ImageError(_label(source, name), str(e), "Use a smaller target, or raise "
+                         "max_image_pixels") from None

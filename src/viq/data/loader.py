@@ -41,6 +41,8 @@ from viq.data.llava import Sample, parse_record, parse_sample, read_records
 from viq.data.policy import BadSample, BadSamplePolicy, SampleError, sample_error
 from viq.data.shards import (
     MAX_MEMBER_BYTES,
+    MAX_SHARD_BYTES,
+    MAX_SHARD_MEMBERS,
     ShardError,
     ShardRecord,
     consumer_plan,
@@ -62,9 +64,14 @@ class DataConfig:
     bad_samples: Literal["skip", "fail"] = "skip"
     json_unit: int = 256  # JSON records per shuffling unit
     system_prompt: str = SYSTEM_PROMPT
-    max_member_bytes: int = MAX_MEMBER_BYTES
+    max_member_bytes: int = MAX_MEMBER_BYTES  # per-shard bounds (viq.data.shards)
+    max_shard_bytes: int = MAX_SHARD_BYTES
+    max_shard_members: int = MAX_SHARD_MEMBERS
 
     def __post_init__(self) -> None:
+        if min(self.max_member_bytes, self.max_shard_bytes, self.max_shard_members) < 1:
+            raise ValueError("config field 'data.max_member_bytes/max_shard_bytes/"
+                             "max_shard_members': must be positive")
         if self.max_tokens < 8 or self.rows < 1 or self.json_unit < 1:
             raise ValueError("config field 'data.max_tokens/rows/json_unit': must be >= 8 / 1 / 1")
         if self.bad_samples not in ("skip", "fail"):
@@ -98,14 +105,16 @@ class ShardSource:
 
     kind = "shards"
 
-    def __init__(self, path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES):
-        self.files, self.sizes = list_shards(path)
-        self.max_member_bytes = max_member_bytes
+    def __init__(self, path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES,
+                 max_shard_bytes: int = MAX_SHARD_BYTES,
+                 max_shard_members: int = MAX_SHARD_MEMBERS):
+        self.bounds = (max_member_bytes, max_shard_bytes, max_shard_members)
+        self.files, self.sizes = list_shards(path, *self.bounds)
         self._cache: tuple[int, list[ShardRecord]] | None = None
 
     def get(self, u: int, i: int) -> tuple[Sample, Any]:
         if self._cache is None or self._cache[0] != u:
-            self._cache = (u, read_shard(self.files[u], self.max_member_bytes))
+            self._cache = (u, read_shard(self.files[u], *self.bounds))
             if len(self._cache[1]) != self.sizes[u]:
                 raise ShardError(f"{self.files[u]}: holds {len(self._cache[1])} samples but "
                                  f"index.json says {self.sizes[u]}; the shards were rewritten "
@@ -123,13 +132,19 @@ class ShardSource:
 
 def open_source(path: str | Path, image_root: str | Path | None = None,
                 cfg: DataConfig | None = None) -> JsonSource | ShardSource:
-    """``.json``/``.jsonl`` → `JsonSource`; a folder or ``.tar`` → `ShardSource`."""
+    """``.json``/``.jsonl`` → `JsonSource`; a folder or ``.tar`` → `ShardSource` (bounded by
+    ``cfg.max_member_bytes`` / ``max_shard_bytes`` / ``max_shard_members``; compressed shards and
+    damaged ``index.json`` files are a `ShardError` naming the file)."""
     cfg = cfg or DataConfig()
     p = Path(path)
+    from viq.codes.storesource import StoreSource, is_store
+
+    if is_store(p):  # stored codes in place of images (viq extract; features="codes" stages)
+        return StoreSource(p)
     if p.suffix in (".json", ".jsonl"):
         return JsonSource(p, image_root, cfg.json_unit)
     if p.is_dir() or p.suffix == ".tar":
-        return ShardSource(p, cfg.max_member_bytes)
+        return ShardSource(p, cfg.max_member_bytes, cfg.max_shard_bytes, cfg.max_shard_members)
     raise ValueError(f"{p}: expected a LLaVA .json/.jsonl file, a .tar shard or a shard folder")
 
 
@@ -177,6 +192,10 @@ def prepare(sample: Sample, image_of, tokenizer, image_cfg: ImageConfig, cfg: Da
     images, grids = [], []
     for ref in sample.images:
         src = image_of(ref.location)
+        if hasattr(src, "levels") and hasattr(src, "grid"):  # stored codes (ImageCodes)
+            images.append(src.codes)
+            grids.append(src.grid)
+            continue
         if src is None or (isinstance(src, str) and not Path(src).is_file()):
             raise sample_error("missing_image", sample.key, sample.source,
                                f"image {ref.location} does not exist")
@@ -288,8 +307,11 @@ class DataStream:
         self.dataset.start = dict(self.positions)
         self.dataset.rotate = self.batches % max(1, self.num_workers)
         kw: dict[str, Any] = {"prefetch_factor": self.prefetch} if self.num_workers else {}
+        # its own generator: starting an iterator must not draw from the global torch RNG, or a
+        # resumed run (which starts one mid-run) would shift every later dropout mask
+        gen = torch.Generator().manual_seed(self.dataset.cfg.seed)
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                            collate_fn=_identity, **kw)
+                            collate_fn=_identity, generator=gen, **kw)
         for batch in loader:
             self.positions[batch.consumer] = (batch.epoch, batch.position)
             self.batches += 1

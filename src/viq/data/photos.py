@@ -12,7 +12,9 @@ directly (not through the packages' loaders, which may try the network), written
 resolution as PNG (grayscale stays grayscale) with a ``photos.json`` manifest: name, source package
 and version, file inside the package, width, height, mode and the license note the package states.
 
-Install the sources with ``pip install viq[photos]`` (scikit-image, scikit-learn, matplotlib).
+Install the sources with ``pip install -e '.[photos]'`` from a source checkout (or
+``pip install scikit-image scikit-learn matplotlib``). With no photo available nothing is written
+(no empty ``photos.json``) and the command fails.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-PIP_EXTRA = "pip install 'viq[photos]'"
+from viq.cli.errors import UsageError, check_out_dir, command, say
+
+PIP_EXTRA = ("pip install -e '.[photos]'  (from the viq source folder; or: pip install "
+             "scikit-image scikit-learn matplotlib)")
 _NOT_STATED = None  # the package states no license for this file
 
 
@@ -135,12 +139,19 @@ def load_photo(name: str) -> Image.Image:
 
 
 def write_photos(out_dir: str | Path, names: list[str] | None = None) -> list[dict[str, Any]]:
-    """Write the available photos as ``<name>.png`` + ``photos.json``; returns the manifest."""
+    """Write the available photos as ``<name>.png`` + ``photos.json``; returns the manifest.
+
+    Raises FileNotFoundError (writing nothing) when none of the asked photos is available.
+    """
+    available = bundled_photo_paths(names)
+    if not available:
+        raise FileNotFoundError(f"no photo available ({len(names or CATALOGUE)} asked); install "
+                                f"the sources with {PIP_EXTRA}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     by_name = {src.name: src for src in CATALOGUE}
     manifest = []
-    for name, path in bundled_photo_paths(names).items():
+    for name, path in available.items():
         src = by_name[name]
         image = load_photo(name)
         image.save(out / f"{name}.png", format="PNG")
@@ -156,6 +167,7 @@ def write_photos(out_dir: str | Path, names: list[str] | None = None) -> list[di
     return manifest
 
 
+@command("viq data photos")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="viq data photos",
@@ -165,18 +177,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--names", default=None,
                    help=f"comma-separated subset of: {','.join(s.name for s in CATALOGUE)}")
     args = p.parse_args(argv)
+    check_out_dir(args.out, "--out")
     names = [n for n in args.names.split(",") if n] if args.names else None
-    try:
-        manifest = write_photos(args.out, names)
-    except ValueError as e:
-        print(f"viq data photos: {e}", file=sys.stderr)
-        return 2
     missing = {k: v for k, v in missing_photos().items() if names is None or k in names}
     for name, reason in missing.items():
         print(f"skipped {name}: {reason}")
-    if not manifest:
-        print(f"viq data photos: no photo available; install the sources with {PIP_EXTRA}",
-              file=sys.stderr)
+    try:
+        manifest = write_photos(args.out, names)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    except FileNotFoundError as e:
+        say("viq data photos", e)
         return 1
     for m in manifest:
         print(f"{m['name']:<22} {m['width']:>5}x{m['height']:<5} {m['mode']:<3} {m['package']}")

@@ -22,10 +22,11 @@ import dataclasses
 import json
 import math
 import re
-import sys
 import unicodedata
 from pathlib import Path
 from typing import Any
+
+from viq.cli.errors import check_out_file, command, describe, say
 
 NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
@@ -64,18 +65,29 @@ def answers_match(prediction: str, reference: str) -> bool:
     return fp is not None and fr is not None and math.isclose(fp, fr, rel_tol=1e-9, abs_tol=1e-9)
 
 
+MAX_FILE_BYTES = 1 << 30  # prediction / reference files are read whole
+
+
 def _read_json_or_jsonl(path: Path) -> list[Any]:
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        return json.loads(text)
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"{path}: {size:,} bytes, above the {MAX_FILE_BYTES:,} this scorer reads")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if text.lstrip().startswith("["):
+            return json.loads(text)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{path}: not a valid JSON list ({getattr(e, 'msg', e)})") from None
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); expected one "
-                                 '{"id": ..., "answer": ...} object per line') from None
+            except (json.JSONDecodeError, RecursionError) as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({getattr(e, 'msg', e)}); expected "
+                                 'one {"id": ..., "answer": ...} object per line') from None
     return rows
 
 
@@ -103,7 +115,11 @@ def load_references(path: str | Path) -> list[dict[str, str]]:
                              "by id")
         answer = row.get("answer")
         if answer is None:
-            gpt = [t["value"] for t in row.get("conversations", []) if t.get("from") == "gpt"]
+            turns = row.get("conversations", [])
+            if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+                raise ValueError(f"{path}: sample {row['id']}: 'conversations' is not a list of "
+                                 "turns")
+            gpt = [t.get("value") for t in turns if t.get("from") == "gpt"]
             if not gpt:
                 raise ValueError(f"{path}: sample {row['id']} has neither 'answer' nor a gpt turn")
             answer = gpt[-1]
@@ -185,21 +201,33 @@ def format_table(report: ScoreReport) -> str:
     return "\n".join(lines + notes)
 
 
+@command("viq data score")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="viq data score",
         description="Score VQA predictions against a benchmark split by normalised exact match "
-                    "(rule: docs/synth.md). Predictions: jsonl lines {\"id\", \"answer\"}.")
+                    "(rule: docs/synth.md). Predictions: jsonl lines {\"id\", \"answer\"}.",
+        epilog="exit status: 0 scored, 1 a file cannot be used (named; an empty reference or "
+               "prediction file too), 2 usage error.")
     p.add_argument("--pred", required=True, help="predictions, jsonl {\"id\", \"answer\"}")
     p.add_argument("--ref", required=True, help="reference split, e.g. DIR/test.json")
     p.add_argument("--out", default=None, help="write the JSON report here")
     args = p.parse_args(argv)
+    if args.out:
+        check_out_file(args.out, "--out")
     try:
         preds, dups = load_predictions(args.pred)
-        report = score(preds, load_references(args.ref), dups)
-    except (OSError, ValueError) as e:
-        print(f"viq data score: {e}", file=sys.stderr)
-        return 2
+        refs = load_references(args.ref)
+        if not refs:
+            raise ValueError(f"{args.ref}: holds no reference samples; nothing to score against "
+                             "(is it the right split file?)")
+        if not preds:
+            raise ValueError(f"{args.pred}: holds no predictions; every reference would count "
+                             "as wrong")
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        say("viq data score", describe(e))
+        return 1
+    report = score(preds, refs, dups)
     print(format_table(report))
     out = report.to_dict()
     if args.out:

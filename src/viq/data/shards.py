@@ -11,9 +11,13 @@ Format (webdataset-style, plain POSIX tar written with the standard library)::
 names; a shard is read as a stream (``tarfile`` mode ``r|``), one shard at a time.
 
 Safety: the writer only writes flat, generated member names; the reader refuses (with an error
-naming the shard) any member that is not a regular file (symlink, hard link, device, directory),
-whose name is absolute, contains a path separator or ``..``, and any member larger than
-``max_member_bytes``. Nothing is ever extracted to disk.
+naming the shard) any member that is not a regular file (symlink, hard link, device, directory,
+sparse file), whose name is absolute, contains a path separator or ``..``, and any member larger
+than ``max_member_bytes``. Nothing is ever extracted to disk. Resource bounds (a shard is held in
+memory while it is read): compressed shards (gzip, bz2, xz, zstd) are refused — a few MB can
+expand to any size; a shard may hold at most ``max_shard_bytes`` (file size and the sum of its
+members) and ``max_shard_members`` members. ``index.json`` is checked entry by entry; a damaged
+one is a `ShardError` naming it (delete it: the shards are then counted).
 
 Plan (`consumer_plan`): a dataset is a list of *units* (shards, or chunks of a JSON list) with
 known sizes. Per epoch the units are permuted by (seed, epoch) and each unit's samples by (seed,
@@ -43,6 +47,11 @@ from viq.data.policy import BadSamplePolicy, SampleError, sample_error
 INDEX = "index.json"
 FORMAT = "viq-shards/1"
 MAX_MEMBER_BYTES = 64 << 20
+MAX_SHARD_BYTES = 2 << 30  # a shard is held in memory while it is read
+MAX_SHARD_MEMBERS = 100_000
+MAX_INDEX_BYTES = 64 << 20
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz",
+               b"\x28\xb5\x2f\xfd": "zstd", b"\x5d\x00\x00": "lzma"}
 _EXT = re.compile(r"^[a-z0-9]{1,5}$")
 _MEMBER = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 
@@ -188,22 +197,55 @@ def _check_member(shard: Path, m: tarfile.TarInfo, max_bytes: int) -> None:
             or not _MEMBER.match(name)):
         raise ShardError(f"{shard}: member name {name!r} is not a flat file name (absolute, "
                          "nested or '..' names are refused). Rewrite the shard with write_shards")
+    if m.issparse():
+        raise ShardError(f"{shard}: member {name!r} is a sparse file (its stored bytes do not "
+                         "bound its size); rewrite the shard with write_shards")
     if m.size > max_bytes:
         raise ShardError(f"{shard}: member {name!r} has {m.size:,} bytes, above the limit "
-                         f"{max_bytes:,}; raise max_member_bytes if the file is trusted")
+                         f"{max_bytes:,}; raise data.max_member_bytes if the file is trusted")
 
 
-def read_shard(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> list[ShardRecord]:
+def _check_shard_file(path: Path, max_shard_bytes: int) -> None:
+    """A plain tar of at most ``max_shard_bytes``: compressed shards are refused by magic bytes."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise ShardError(f"{path}: cannot read the shard ({e.strerror})") from None
+    for magic, kind in _COMPRESSED.items():
+        if head.startswith(magic):
+            raise ShardError(f"{path}: a {kind}-compressed tar; shards must be plain tar (a few "
+                             "compressed MB can expand without bound). Decompress it, or rewrite "
+                             "it with write_shards")
+    if size > max_shard_bytes:
+        raise ShardError(f"{path}: {size:,} bytes, above the per-shard limit {max_shard_bytes:,} "
+                         "(a shard is held in memory); write smaller shards or raise "
+                         "data.max_shard_bytes")
+
+
+def read_shard(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES,
+               max_shard_bytes: int = MAX_SHARD_BYTES,
+               max_shard_members: int = MAX_SHARD_MEMBERS) -> list[ShardRecord]:
     """All samples of one shard, in stored order (streaming read; nothing touches the disk)."""
     path = Path(path)
+    _check_shard_file(path, max_shard_bytes)
     groups: dict[str, dict[str, bytes]] = {}
+    total, count = 0, 0
     try:
-        with tarfile.open(path, "r|*") as tar:
+        with tarfile.open(path, "r|") as tar:
             for m in tar:
                 _check_member(path, m, max_member_bytes)
+                total, count = total + m.size, count + 1
+                if total > max_shard_bytes or count > max_shard_members:
+                    raise ShardError(
+                        f"{path}: more than {max_shard_members:,} members or "
+                        f"{max_shard_bytes:,} bytes of members (the per-shard limits, "
+                        "data.max_shard_members / data.max_shard_bytes); write smaller shards")
                 f = tar.extractfile(m)
                 data = f.read(max_member_bytes + 1) if f is not None else b""
                 groups.setdefault(m.name.split(".", 1)[0], {})[m.name] = data
+                tar.members = []  # a stream keeps every header otherwise (memory per member)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise ShardError(f"{path}: not a readable tar file ({type(e).__name__}: {e}); "
                          "re-create it with write_shards") from None
@@ -231,22 +273,52 @@ def shard_locator(rec: ShardRecord):
     return locate
 
 
-def list_shards(path: str | Path) -> tuple[list[Path], list[int]]:
+def _read_index(path: Path, max_samples: int) -> tuple[list[Path], list[int]]:
+    """Shard files and counts from ``path/index.json``, every field checked (`ShardError`)."""
+    where = path / INDEX
+    fix = "; delete it (the shards are then counted) or re-create the shards with write_shards"
+    try:
+        if where.stat().st_size > MAX_INDEX_BYTES:
+            raise ShardError(f"{where}: larger than {MAX_INDEX_BYTES:,} bytes{fix}")
+        index = json.loads(where.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:  # JSON / UTF-8 errors are ValueErrors
+        raise ShardError(f"{where}: not a readable index ({type(e).__name__}: "
+                         f"{str(e)[:120]}){fix}") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        got = index.get("format") if isinstance(index, dict) else type(index).__name__
+        raise ShardError(f"{where}: format {got!r}, expected {FORMAT}{fix}")
+    entries = index.get("shards")
+    if not isinstance(entries, list):
+        raise ShardError(f"{where}: no 'shards' list{fix}")
+    files, counts = [], []
+    for i, e in enumerate(entries):
+        name = e.get("file") if isinstance(e, dict) else None
+        n = e.get("samples") if isinstance(e, dict) else None
+        if not isinstance(name, str) or not _MEMBER.match(name) or ".." in name:
+            raise ShardError(f"{where}: entry {i} has no flat shard file name ({name!r}){fix}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= max_samples:
+            raise ShardError(f"{where}: entry {i} ({name}) has sample count {n!r}, not an "
+                             f"integer in [0, {max_samples:,}]{fix}")
+        f = path / name
+        if not inside_root(f, path) or not f.is_file():
+            raise ShardError(f"{where}: shard {name} is missing or outside {path}{fix}")
+        files.append(f)
+        counts.append(n)
+    return files, counts
+
+
+def list_shards(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES,
+                max_shard_bytes: int = MAX_SHARD_BYTES,
+                max_shard_members: int = MAX_SHARD_MEMBERS) -> tuple[list[Path], list[int]]:
     """Shard files and their sample counts, from ``index.json`` (or by reading every shard)."""
     path = Path(path)
     if path.is_dir() and (path / INDEX).is_file():
-        index = json.loads((path / INDEX).read_text())
-        if index.get("format") != FORMAT:
-            raise ShardError(f"{path / INDEX}: format {index.get('format')!r}, expected {FORMAT}")
-        files = [path / s["file"] for s in index["shards"]]
-        for f in files:
-            if not inside_root(f, path) or not f.is_file():
-                raise ShardError(f"{path / INDEX}: shard {f.name} is missing or outside {path}")
-        return files, [int(s["samples"]) for s in index["shards"]]
+        return _read_index(path, max_shard_members)
     files = sorted(path.glob("*.tar")) if path.is_dir() else [path]
     if not files:
         raise FileNotFoundError(f"{path}: no .tar shards found")
-    return files, [len(read_shard(f)) for f in files]
+    return files, [len(read_shard(f, max_member_bytes, max_shard_bytes, max_shard_members))
+                   for f in files]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ import dataclasses
 import io
 import json
 import math
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from viq.cli.errors import UsageError, check_out_dir, check_range, command
 from viq.data.synth_render import (
     Rendered,
     font_names,
@@ -50,6 +50,10 @@ RENDERERS = {"general": render_general, "ocr": render_ocr, "chart": render_chart
              "detail": render_detail}
 INSTRUCTION = "Answer the question using a single word or phrase."
 FORMAT_VERSION = 1
+MAX_SAMPLES = 10_000_000  # bounds of the user-given sizes (usage errors above them)
+MAX_SIDE = 4096
+MAX_SAMPLES_PER_SHARD = 100_000
+MAX_WORKERS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,15 +72,19 @@ class SynthConfig:
     categories: tuple[str, ...] = CATEGORIES
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ValueError(f"synth: n must be >= 1, got {self.n}")
-        if len(self.splits) != 3 or min(self.splits) < 0 or abs(sum(self.splits) - 1) > 1e-6:
+        if not 1 <= self.n <= MAX_SAMPLES:
+            raise ValueError(f"synth: n must be between 1 and {MAX_SAMPLES:,}, got {self.n:,}")
+        if (len(self.splits) != 3 or not all(math.isfinite(f) and f >= 0 for f in self.splits)
+                or abs(sum(self.splits) - 1) > 1e-6):
             raise ValueError(f"synth: splits must be 3 fractions summing to 1, got {self.splits}")
-        if not 32 <= self.min_side <= self.max_side:
-            raise ValueError(f"synth: need 32 <= min_side <= max_side, got {self.min_side}, "
-                             f"{self.max_side}")
-        if self.max_aspect < 1:
-            raise ValueError(f"synth: max_aspect must be >= 1, got {self.max_aspect}")
+        if not 32 <= self.min_side <= self.max_side <= MAX_SIDE:
+            raise ValueError(f"synth: need 32 <= min_side <= max_side <= {MAX_SIDE}, got "
+                             f"{self.min_side}, {self.max_side}")
+        if not (math.isfinite(self.max_aspect) and self.max_aspect >= 1):
+            raise ValueError(f"synth: max_aspect must be a number >= 1, got {self.max_aspect}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"synth: jpeg_quality must be between 1 and 100, got "
+                             f"{self.jpeg_quality}")
         unknown = set(self.categories) - set(CATEGORIES)
         if unknown or not self.categories:
             raise ValueError(f"synth: categories must be a non-empty subset of {CATEGORIES}, "
@@ -292,8 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("viq data synth")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_range(args.samples_per_shard, 1, MAX_SAMPLES_PER_SHARD, "--samples-per-shard")
+    check_range(args.workers, 0, MAX_WORKERS, "--workers")
+    check_out_dir(args.out, "--out")
+    if args.montage:
+        check_out_dir(args.montage, "--montage")
     try:
         splits = tuple(float(x) for x in args.splits.split(","))
         cfg = SynthConfig(n=args.n, seed=args.seed, splits=splits,  # type: ignore[arg-type]
@@ -302,14 +316,12 @@ def main(argv: list[str] | None = None) -> int:
                           jpeg_quality=args.jpeg_quality, resize=args.resize,
                           categories=tuple(c for c in args.categories.split(",") if c))
     except ValueError as e:
-        print(f"viq data synth: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
     out = Path(args.out)
     if (out / "meta.json").exists():
         if not args.overwrite:
-            print(f"viq data synth: {out} already holds a dataset (meta.json); pass --overwrite "
-                  "to replace it or choose another --out", file=sys.stderr)
-            return 2
+            raise UsageError(f"{out} already holds a dataset (meta.json); pass --overwrite to "
+                             "replace it or choose another --out")
         _clear_previous(out)
     t0 = time.perf_counter()
     if args.format == "json":
