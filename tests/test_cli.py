@@ -43,7 +43,7 @@ def test_every_command_has_help(argv, capsys):
 
 
 def test_demo_writes_codes_and_features_match(tmp_path, capsys):
-    rc = viq_main(["demo", "--preset", "tiny", "--out", str(tmp_path)])
+    rc = viq_main(["try", "--preset", "tiny", "--out", str(tmp_path)])
     assert rc == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["embed_equals_forward"] is True
@@ -59,7 +59,7 @@ def test_demo_writes_codes_and_features_match(tmp_path, capsys):
 def test_demo_reports_a_bad_image(tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")
-    assert viq_main(["demo", "--preset", "tiny", "--image", str(bad), "--out", str(tmp_path)]) == 1
+    assert viq_main(["try", "--preset", "tiny", "--image", str(bad), "--out", str(tmp_path)]) == 1
     assert "bad.jpg" in capsys.readouterr().err
 
 
@@ -77,12 +77,12 @@ def test_readme_library_snippet_runs(monkeypatch, tmp_path):
 
 
 def test_demo_set_overrides_are_applied_and_checked(tmp_path, capsys):
-    rc = viq_main(["demo", "--preset", "tiny", "--set", "head.levels=8,8,8,6,5",
+    rc = viq_main(["try", "--preset", "tiny", "--set", "head.levels=8,8,8,6,5",
                    "--set", "image.resize=64x32", "--out", str(tmp_path)])
     assert rc == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["levels"] == [8, 8, 8, 6, 5] and summary["codebook_size"] == 15360
     assert summary["encoded_size"][0] * summary["encoded_size"][1] <= 96 * 96
-    rc = viq_main(["demo", "--preset", "tiny", "--set", "head.levels=many", "--out", str(tmp_path)])
+    rc = viq_main(["try", "--preset", "tiny", "--set", "head.levels=many", "--out", str(tmp_path)])
     assert rc == 2
     assert "head.levels" in capsys.readouterr().err

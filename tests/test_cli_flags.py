@@ -8,14 +8,24 @@ import pytest
 from viq.cli.main import main as viq_main
 
 FLAGS = {
-    "demo": "--dtype --image --out --preset --seed --set --weights",
+    "try": "--dtype --image --out --preset --seed --set --size --weights",
+    "demo": "--out --quick --quiet",
+    "train": "--config --dry-run --out-dir --preset --quiet --resume --set --tokens --world",
+    "eval": "--codes --limit --mode --out --quiet --recon --run --split",
+    "ablate": "--demo --quick --quiet",
+    "extract": "--bad-samples --center-crop --checkpoint --device --dtype --image-root "
+               "--max-tokens --num-shards --out --preset --quiet --random-init --resize --seed "
+               "--set --shard-index --size --weights --workers",
+    "bench mllm-speedup": "--quick --repeats",
     "encode": "--center-crop --checkpoint --device --dtype --max-tokens --out --overwrite "
               "--preset --quiet --random-init --resize --seed --set --size --weights -o",
-    "decode": "--device --dtype --out --overwrite --quiet --size --weights -o",
+    "decode": "--device --dtype --out --overwrite --preset --quiet --random-init --seed --set "
+              "--size --weights -o",
     "bench encoder": "--atol --depth --device --dtype --heads --images --max-size --min-size "
                      "--mlp-dim --patch --pos-grid --quick --repeats --seed --warmup --width",
     "bench head": "--image-size --quick --repeats --threads",
     "bench data": "--max-tokens --resize --samples --seed --source --workers",
+    "bench load": "--child --depth --dir --dtype --file --methods --size --width",
     "data synth": "--categories --format --image-format --jpeg-quality --max-aspect --max-side "
                   "--min-side --montage --n --out --overwrite --resize --samples-per-shard --seed "
                   "--splits --workers",

@@ -313,7 +313,7 @@ def test_out_pointing_at_a_file_is_a_usage_error_everywhere(corpus, tmp_path, cw
                  ["encode", ok, "-o", str(f / "below"), "--preset", "tiny", "--random-init"],
                  ["decode", str(corpus.codes), "-o", str(f), "--preset", "tiny",
                   "--random-init"],
-                 ["demo", "--preset", "tiny", "--out", str(f)],
+                 ["try", "--preset", "tiny", "--out", str(f)],
                  ["data", "synth", "--out", str(f), "--n", "4"],
                  ["data", "photos", "--out", str(f)],
                  ["data", "score", "--pred", str(corpus.refs / "pred.jsonl"), "--ref",
@@ -362,7 +362,7 @@ def test_decode_usage_errors(corpus, tmp_path, cwd, capsys):
                                   "loop.png", "bomb.png", "dir.jpg"])
 def test_demo_with_a_hostile_image(name, corpus, tmp_path, cwd, capsys):
     img = corpus.images / name
-    run(capsys, ["demo", "--preset", "tiny", "--image", str(img), "--out", str(tmp_path / "o")],
+    run(capsys, ["try", "--preset", "tiny", "--image", str(img), "--out", str(tmp_path / "o")],
         1, [corpus.root, cwd], one_line=True, names=[name])
     assert not (tmp_path / "o" / "summary.json").exists()
 
@@ -370,7 +370,7 @@ def test_demo_with_a_hostile_image(name, corpus, tmp_path, cwd, capsys):
 def test_demo_with_a_strip_under_a_unicode_name(corpus, tmp_path, cwd, capsys):
     img = tmp_path / "полоса 😀.png"  # the 1,000,000×1 strip
     shutil.copy(corpus.images / "strip.png", img)
-    run(capsys, ["demo", "--preset", "tiny", "--image", str(img), "--out", str(tmp_path / "o")],
+    run(capsys, ["try", "--preset", "tiny", "--image", str(img), "--out", str(tmp_path / "o")],
         0, [corpus.root, cwd])
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["encoded_size"] == [1024, 32] and img.name in summary["image"]

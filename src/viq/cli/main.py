@@ -5,7 +5,8 @@ from __future__ import annotations
 from viq.cli.dispatch import dispatch
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("viq.cli.demo", "bundled photo -> codes -> features with a random model, offline"),
+    "demo": ("viq.cli.demo", "train a miniature ViQ end to end offline, evaluate it, report"),
+    "try": ("viq.cli.try_codec", "bundled photo -> codes -> features in seconds (random model)"),
     "encode": ("viq.cli.encode", "images -> codes files (published ViQ weights or a checkpoint)"),
     "decode": ("viq.cli.decode", "codes files -> PNG images (published ViQ weights' index_drawer)"),
     "data": ("viq.cli.data", "datasets: synthetic VQA benchmark, scoring, bundled real photos"),

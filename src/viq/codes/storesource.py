@@ -15,10 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from viq.codes.store import CodeStore, StoreSample
 from viq.data.llava import Sample, parse_sample
 from viq.data.policy import sample_error
-from viq.model.viq import ImageCodes
 
 CODES_PREFIX = "codes:"
 
@@ -40,10 +38,12 @@ class StoreSource:
     kind = "store"
 
     def __init__(self, path: str | Path) -> None:
+        from viq.codes.store import CodeStore  # pyarrow only when a store is read
+
         self.store = CodeStore(path)
         self.path = Path(path)
         self.sizes = self.store.shard_sample_counts
-        self._cache: tuple[int, list[StoreSample]] | None = None
+        self._cache: tuple[int, list] | None = None
 
     @property
     def levels(self) -> tuple[int, ...]:
@@ -59,7 +59,7 @@ class StoreSource:
             raise sample_error("malformed", stored.sample_id, source,
                                "the store row carries no LLaVA record (extract the store from "
                                "a dataset file, not an image folder)")
-        names: dict[str, ImageCodes] = {}
+        names: dict[str, Any] = {}
         order = iter(range(len(stored.images)))
 
         def locate(_path: str) -> str:  # the j-th image entry of the record ↔ the j-th row

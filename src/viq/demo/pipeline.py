@@ -39,6 +39,10 @@ class DemoPlan:
     eval_limit: int = 60  # test samples answered per condition (0 = all)
     recon_images: int = 12
     photos: int = 4
+    vae_crop: int = 96
+    vae_channels: tuple[int, ...] = (16, 32, 64, 64)
+    llm: str = "smollm2"  # "tiny" for the in-process test of the whole pipeline
+    synth_max_side: int = 384
 
 
 QUICK = DemoPlan(synth_n=300, vae_steps=150, teacher_steps=120, steps=(80, 25, 50),
@@ -60,7 +64,8 @@ def make_data(out: Path, plan: DemoPlan) -> Path:
 
         tmp = out / "data.partial"
         shutil.rmtree(tmp, ignore_errors=True)
-        write_json_dataset(SynthConfig(n=plan.synth_n, seed=0, max_side=384), tmp)
+        write_json_dataset(SynthConfig(n=plan.synth_n, seed=0, max_side=plan.synth_max_side,
+                                       min_side=min(128, plan.synth_max_side)), tmp)
         tmp.rename(data)
     return data
 
@@ -74,7 +79,8 @@ def stage_config(name: str, out: Path, data: Path, plan: DemoPlan):
     i = STAGES.index(name)
     sets = [f"data.train={data / 'train.json'}", f"data.val={data / 'val.json'}",
             f"vae.source={out / 'vae'}", f"teacher.source={out / 'teacher'}",
-            f"run.steps={plan.steps[i]}", f"run.checkpoint_every={max(10, plan.steps[i] // 4)}"]
+            f"run.steps={plan.steps[i]}", f"run.checkpoint_every={max(10, plan.steps[i] // 4)}",
+            f"llm.source={plan.llm}"]
     if i:
         sets.append(f"stage.init_from={out / STAGES[i - 1]}")
     return override(cfg, sets)
@@ -111,9 +117,10 @@ def _unfinished(store: Path) -> bool:
     return len(meta.get("shards", [])) < int(meta.get("num_shards", 1))
 
 
-def run_demo(out: str | Path = "viq_demo_out", quick: bool = False,
-             progress: bool = True) -> dict:
-    """Run (or continue) the whole demo into ``out``; returns the results dict."""
+def run_demo(out: str | Path = "viq_demo_out", quick: bool = False, progress: bool = True,
+             plan: DemoPlan | None = None) -> dict:
+    """Run (or continue) the whole demo into ``out``; returns the results dict. ``plan``
+    replaces the default / quick schedule (tests use a tiny one)."""
     from viq.demo.evaluate import evaluate_demo
     from viq.demo.runs import demo_teacher_encoder
     from viq.demo.teacher import train_teacher
@@ -121,7 +128,7 @@ def run_demo(out: str | Path = "viq_demo_out", quick: bool = False,
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    plan = QUICK if quick else DemoPlan()
+    plan = plan or (QUICK if quick else DemoPlan())
     timings: dict[str, float] = {}
 
     def timed(name: str, fn):
@@ -132,7 +139,8 @@ def run_demo(out: str | Path = "viq_demo_out", quick: bool = False,
         return value
 
     data = timed("data", lambda: make_data(out, plan))
-    timed("vae", lambda: train_vae(data, out / "vae", steps=plan.vae_steps, progress=progress))
+    timed("vae", lambda: train_vae(data, out / "vae", steps=plan.vae_steps, crop=plan.vae_crop,
+                                   channels=plan.vae_channels, progress=progress))
     timed("teacher", lambda: train_teacher(data, out / "teacher", steps=plan.teacher_steps,
                                            encoder=demo_teacher_encoder(), image_size=128,
                                            progress=progress))

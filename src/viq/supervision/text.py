@@ -24,6 +24,7 @@ image; neither is copied (Part C 7). Sequences are not truncated here (the packe
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -71,10 +72,17 @@ def _load_base(cfg: LLMConfig) -> tuple[nn.Module, Any]:
     return model, backend.load_tokenizer(path)
 
 
-def build_llm(cfg: LLMConfig) -> tuple[nn.Module, Any]:
-    """(causal LM, tokenizer): base frozen, adapters attached per ``cfg.adapter`` (eval mode)."""
-    model, tok = _load_base(cfg)
-    if tok.pad_token is None:  # packing needs a pad id; padded positions carry label -100
+def build_llm(cfg: LLMConfig, meta: bool = False) -> tuple[nn.Module, Any]:
+    """(causal LM, tokenizer): base frozen, adapters attached per ``cfg.adapter`` (eval mode).
+    ``meta``: the architecture only, no weights and no tokenizer (`viq.supervision.meta`)."""
+    if meta:
+        from viq.supervision.meta import meta_llm
+
+        model, tok = meta_llm(cfg), None
+    else:
+        model, tok = _load_base(cfg)
+    # packing needs a pad id; padded positions carry label -100
+    if tok is not None and tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.requires_grad_(cfg.adapter == "full")
     if cfg.adapter in ("lora", "dora"):
@@ -83,7 +91,10 @@ def build_llm(cfg: LLMConfig) -> tuple[nn.Module, Any]:
         lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                           target_modules=list(cfg.targets), bias="none",
                           use_dora=cfg.adapter == "dora", task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora)
+        with warnings.catch_warnings():  # peft asks transformers' deprecated checkpointing API
+            warnings.filterwarnings("ignore", category=FutureWarning,
+                                    message=".*is_gradient_checkpointing.*")
+            model = get_peft_model(model, lora)
     return model.eval(), tok
 
 
@@ -108,10 +119,10 @@ class TextSupervision(nn.Module):
     """L_text. Attributes: ``llm`` (HF causal LM with adapters), ``projector`` (`Projector`, in the
     LLM's dtype), ``tokenizer`` (a plain attribute, not a submodule)."""
 
-    def __init__(self, cfg: LLMConfig, feature_dim: int) -> None:
+    def __init__(self, cfg: LLMConfig, feature_dim: int, meta: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
-        self.llm, self.tokenizer = build_llm(cfg)
+        self.llm, self.tokenizer = build_llm(cfg, meta)
         emb = self.llm.get_input_embeddings()
         self.projector = Projector(feature_dim, emb.embedding_dim).to(
             device=emb.weight.device, dtype=emb.weight.dtype)
