@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", help=f"training preset: {', '.join(RUNS)}")
     p.add_argument("--config", type=Path, help="a config.json written by an earlier run")
-    p.add_argument("--out-dir", required=True, type=Path, help="run folder")
+    p.add_argument("--out-dir", type=Path, help="run folder (required unless --dry-run)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, type-checked, repeatable (e.g. "
                         "--set run.steps=200 --set stage.init_from=runs/s1)")
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="build on the meta device and print parameter counts and memory "
                         "estimates; needs no weights and trains nothing")
+    p.add_argument("--world", type=int, help="--dry-run: ranks FSDP2 shards over (default 8)")
+    p.add_argument("--tokens", type=int,
+                   help="--dry-run: LLM tokens per GPU micro-batch (default max_tokens × rows)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
     return p
 
@@ -58,12 +61,12 @@ def resolve_config(args: argparse.Namespace):
     from viq.train.config import TrainConfig
     from viq.train.presets import get_run
 
-    saved = args.out_dir / "config.json"
+    saved = args.out_dir / "config.json" if args.out_dir is not None else None
     if args.config is not None:
         cfg = load_json(TrainConfig, args.config)
     elif args.preset:
         cfg = get_run(args.preset)
-    elif args.resume and saved.is_file():
+    elif args.resume and saved is not None and saved.is_file():
         cfg = load_json(TrainConfig, saved)
     else:
         raise ValueError("give --preset NAME or --config FILE (or --resume a run folder that "
@@ -81,8 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         from viq.train.dryrun import dry_run
 
-        print(dry_run(cfg))
+        try:
+            print(dry_run(cfg, tokens=args.tokens, world=args.world))
+        except (ValueError, FileNotFoundError) as e:
+            print(f"viq train: {e}", file=sys.stderr)
+            return 2
         return 0
+    if args.out_dir is None:
+        print("viq train: --out-dir is required (except with --dry-run)", file=sys.stderr)
+        return 2
     from viq.train import dist
     from viq.train.loop import train
 

@@ -114,9 +114,10 @@ def _native_pos_grid(path: Path) -> int | None:
     return side if side * side == rows else None
 
 
-def build_teacher(cfg: TeacherConfig) -> Teacher:
-    """The frozen teacher of ``cfg`` (see the module docstring for the sources)."""
-    if cfg.source == "random":
+def build_teacher(cfg: TeacherConfig, meta: bool = False) -> Teacher:
+    """The frozen teacher of ``cfg`` (see the module docstring for the sources). ``meta``: the
+    architecture of ``cfg.encoder`` only, whatever the source (`viq.supervision.meta`)."""
+    if cfg.source == "random" or meta:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             encoder = ViTEncoder(cfg.encoder)
@@ -141,10 +142,10 @@ def build_teacher(cfg: TeacherConfig) -> Teacher:
 class DistillSupervision(nn.Module):
     """L_distill = mean_i (1 − cos(student_i, teacher_i)); attributes ``teacher`` and ``align``."""
 
-    def __init__(self, cfg: TeacherConfig, student_width: int) -> None:
+    def __init__(self, cfg: TeacherConfig, student_width: int, meta: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
-        self.teacher = build_teacher(cfg)
+        self.teacher = build_teacher(cfg, meta)
         width = self.teacher.width
         # student → teacher width, only when they differ (module docstring)
         self.align = nn.Linear(student_width, width) if width != student_width else None

@@ -82,10 +82,15 @@ class FrozenVAE(nn.Module):
         return vae_backend.decode_latents(self.model, z)
 
 
-def build_vae(cfg: VAEConfig) -> FrozenVAE:
-    """The frozen VAE of ``cfg`` (see the module docstring for the sources)."""
+def build_vae(cfg: VAEConfig, meta: bool = False) -> FrozenVAE:
+    """The frozen VAE of ``cfg`` (see the module docstring for the sources). ``meta``: a folder
+    source's architecture only, no weights read (`viq.supervision.meta`)."""
     dtype = DTYPES[cfg.dtype]
-    if cfg.source == "tiny":
+    if meta and cfg.source not in ("tiny", "tiny-qwen"):
+        from viq.supervision.meta import meta_vae
+
+        model = meta_vae(cfg)
+    elif cfg.source == "tiny":
         model = vae_backend.tiny_vae(cfg.latent_channels, cfg.channels, cfg.scaling_factor,
                                      cfg.shift_factor, cfg.seed)
     elif cfg.source == "tiny-qwen":
@@ -106,11 +111,11 @@ class LatentSupervision(nn.Module):
     """L_recon: ``latent_head`` (trainable `LatentHead`) regresses ``vae``'s latent mean."""
 
     def __init__(self, cfg: VAEConfig, feature_dim: int, heads: int, blocks: int = 3,
-                 patch: int = 16) -> None:
+                 patch: int = 16, meta: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
         self.patch = patch  # images are padded like the encoder pads them
-        self.vae = build_vae(cfg)
+        self.vae = build_vae(cfg, meta)
         self.latent_head = LatentHead(feature_dim, heads, blocks, self.vae.latent_channels)
 
     def target(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:

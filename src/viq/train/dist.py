@@ -5,11 +5,14 @@ only environment this project reads. ``run.dist``:
 
 - ``none``: one process (it is an error to start it under torchrun with WORLD_SIZE > 1),
 - ``ddp``: `torch.nn.parallel.DistributedDataParallel` over the whole objective,
-- ``fsdp2``: `torch.distributed.fsdp.fully_shard` on every transformer block of the encoder and of
-  the head, then on the objective.
+- ``fsdp2``: `torch.distributed.fsdp.fully_shard` on every transformer block (`fsdp_units`: encoder,
+  head, teacher, LLM decoder layers, latent head) and on the projector, then on the objective;
+  checkpoints are sharded (`viq.train.sharded`, torch.distributed.checkpoint).
 
-The backend is NCCL on CUDA and gloo on CPU. Multi-node works the same way through torchrun's
-rendezvous (README "Scaling out").
+Under both, rank r reads its own share of the data (`viq.data.loader`), checkpoints record every
+rank's data position (`merge_data_states`), and the ranks agree each step on stop signals and
+non-finite losses (`any_flag`). The backend is NCCL on CUDA and gloo on CPU. Multi-node works
+the same way through torchrun's rendezvous (docs/train.md "Distributed").
 """
 
 from __future__ import annotations

@@ -183,7 +183,10 @@ class Trainer:
             loss = out.total / cfg.run.grad_accum
             if not torch.isfinite(loss.detach()):
                 finite = False
-                break
+                if not self.info.active:
+                    break
+                # DDP/FSDP2: every rank must run the same backward collectives; the NaN
+                # gradients are dropped below once any_flag has told every rank
             loss.backward()
             total += float(loss.detach())
             for k, v in out.terms.items():
