@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         dist.shutdown(dist.DistInfo())
+    if not result.is_main:
+        return 0
     last = result.last
     loss = last.get("loss")
     print(f"viq train: {cfg.stage.name} step {result.step}/{cfg.run.steps}"

@@ -59,6 +59,7 @@ class TrainResult:
     stopped: bool  # ended early by a signal (a checkpoint was written)
     last: dict = field(default_factory=dict)  # the last train metrics record
     nonfinite: int = 0
+    is_main: bool = True  # rank 0 (the rank that reports)
 
 
 class Trainer:
@@ -326,7 +327,8 @@ class Trainer:
             self.metrics.close()
         if self.info.is_main and not stopped:
             self.data.stream.write_bad_samples(self.out / "bad_samples.jsonl")
-        return TrainResult(self.out, self.step, stopped, last, self.nonfinite_total)
+        return TrainResult(self.out, self.step, stopped, last, self.nonfinite_total,
+                           self.info.is_main)
 
 
 def dist_save(trainer: Trainer, state: dict) -> Path:
