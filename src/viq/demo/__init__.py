@@ -1,0 +1,9 @@
+"""The offline demo's pieces (issue 12): the frozen parts ViQ needs, trained from scratch on the
+synthetic VQA benchmark in minutes on a CPU.
+
+- `viq.demo.vae.train_vae`: a small diffusers ``AutoencoderKL`` (8×, 16 latent channels) — the
+  latent target of L_recon and the decoder of reconstructions.
+- `viq.demo.teacher.train_teacher`: a miniature SigLIP — a small ViT with a MAP head trained with
+  the sigmoid contrastive loss against frozen MiniLM sentence embeddings — the L_distill teacher.
+- `viq.demo.resume`: their checkpoint / resume / finished-marker rules.
+"""

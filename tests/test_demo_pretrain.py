@@ -1,0 +1,124 @@
+"""The demo's frozen parts trained from scratch (viq.demo.vae, viq.demo.teacher): they learn, they
+load through the supervision builders, an interrupted run resumes to the uninterrupted result, and
+a finished folder is skipped."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from viq.data.synth import SynthConfig, write_json_dataset
+from viq.demo import resume
+from viq.demo.teacher import EMBED_FILE, train_teacher
+from viq.demo.vae import build_autoencoder, evaluate, load_images, train_vae
+from viq.supervision.config import TeacherConfig, VAEConfig, tiny_teacher_encoder
+from viq.supervision.distill import build_teacher
+from viq.supervision.latent import build_vae
+
+VAE_ARGS = dict(crop=32, batch=2, channels=(8, 8, 8, 8), lr=3e-3, warmup=1, ckpt_every=2,
+                val_images=2, progress=False)
+TEACHER_ARGS = dict(encoder=tiny_teacher_encoder(), image_size=32, batch=8, warmup=1,
+                    ckpt_every=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    write_json_dataset(SynthConfig(n=24, max_side=160), out)
+    return out
+
+
+class Interrupt(Exception):
+    pass
+
+
+STEP_GENERATOR = resume.step_generator
+
+
+def _interrupt_at(monkeypatch, at: int) -> list[int]:
+    """Record the steps a trainer runs; raise at step ``at`` (a kill between checkpoints)."""
+    seen: list[int] = []
+
+    def gen(seed: int, step: int) -> torch.Generator:
+        if step == at:
+            raise Interrupt
+        seen.append(step)
+        return STEP_GENERATOR(seed, step)
+
+    monkeypatch.setattr(resume, "step_generator", gen)
+    return seen
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_vae_learns_loads_resumes_and_skips(data, tmp_path, monkeypatch):
+    full = train_vae(data, tmp_path / "full", steps=6, **VAE_ARGS)
+    done = json.loads((full / "done.json").read_text())
+    assert done["steps"] == 6 and len(done["loss"]) == 6
+    fresh = build_autoencoder(16, VAE_ARGS["channels"], seed=0)
+    assert done["psnr"] > evaluate(fresh, load_images(data, "val", 2)) + 1.0  # it learned
+
+    vae = build_vae(VAEConfig(source=str(full), latent_channels=16, normalise=True))
+    z = vae.encode(torch.zeros(3, 48, 32))
+    assert z.shape == (16, 6, 4) and torch.isfinite(z).all()
+    assert vae.decode(z[None]).shape == (1, 3, 48, 32)
+
+    # killed at step 5 (checkpoint at 4), rerun: continues from 4, same weights bit for bit
+    part = tmp_path / "part"
+    with pytest.raises(Interrupt):
+        seen = _interrupt_at(monkeypatch, 5)
+        train_vae(data, part, steps=6, **VAE_ARGS)
+    assert seen == [0, 1, 2, 3, 4] and not (part / "done.json").exists()
+    seen = _interrupt_at(monkeypatch, -1)
+    train_vae(data, part, steps=6, **VAE_ARGS)
+    assert seen == [4, 5]
+    name = "diffusion_pytorch_model.safetensors"
+    _assert_same(_weights(full / name), _weights(part / name))
+    assert json.loads((part / "done.json").read_text())["loss"] == done["loss"]
+
+    # finished: skipped without touching the data (the data folder does not exist)
+    assert train_vae(tmp_path / "nowhere", full, steps=6, **VAE_ARGS) == full
+    with pytest.raises(ValueError, match="crop=32"):
+        train_vae(data, full, steps=6, **{**VAE_ARGS, "crop": 64})
+
+
+def test_teacher_learns_loads_resumes_and_skips(data, tmp_path, monkeypatch):
+    full = train_teacher(data, tmp_path / "full", steps=6, **TEACHER_ARGS)
+    done = json.loads((full / "done.json").read_text())
+    assert done["steps"] == 6 and done["loss"][-1] < done["loss"][0]
+    assert 0 <= done["retrieval"] <= 1 and done["chance"] == pytest.approx(1 / 3, abs=1e-3)
+
+    teacher = build_teacher(TeacherConfig(source=str(full), image_size=32,
+                                          encoder=tiny_teacher_encoder()))
+    img = torch.rand(3, 40, 70) * 2 - 1
+    out = teacher([img])
+    assert out.shape == (1, 32) and torch.isfinite(out).all()
+
+    # extend: 4 steps, then a rerun to 6 continues from 4 and equals the 6-step run
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copy(full / EMBED_FILE, part / EMBED_FILE)  # the MiniLM cache is reused by text hash
+    train_teacher(data, part, steps=4, **TEACHER_ARGS)
+    assert json.loads((part / "done.json").read_text())["steps"] == 4
+    seen = _interrupt_at(monkeypatch, -1)
+    train_teacher(data, part, steps=6, **TEACHER_ARGS)
+    assert seen == [4, 5]
+    _assert_same(_weights(full / "model.safetensors"), _weights(part / "model.safetensors"))
+
+    # finished: skipped without the data; other options are refused
+    assert train_teacher(tmp_path / "nowhere", full, steps=5, **TEACHER_ARGS) == full
+    with pytest.raises(ValueError, match="image_size"):
+        train_teacher(data, full, steps=6, **{**TEACHER_ARGS, "image_size": 64})
