@@ -31,23 +31,24 @@ history, and image→text top-1 retrieval accuracy on the val split (every val i
 val text; ``chance`` = 1 / #val) before and after training.
 
 MEASURED (SynthConfig(n=400, max_side=384): 320 train / 40 val pairs, chance = 2.5 %; encoder
-width 128, depth 4, heads 4, MLP 512, pos_grid 8 at 128², batch 32; one thread at a machine load
-average of 3–10, so times are CPU seconds): a step costs 0.32 CPU s (fp32); data + MiniLM +
-evaluations add ≈ 25 s. Val image→text top-1 accuracy:
+width 128, depth 4, heads 4, MLP 512, pos_grid 8 at 128², batch 32). A step takes 0.21 s on 2
+idle cores (0.32 CPU s on one thread; bf16 autocast was 2.7× slower at this width); data,
+MiniLM and the two evaluations add ≈ 15–25 s. Val image→text top-1 accuracy:
 
-    steps   retrieval   CPU s
+    steps   retrieval   CPU s on one thread
        0      2.5 %
       50      7.5 %      16
      100      7.5 %      32
      200     10.0 %      69
      400     12.5 %     154 for the whole train_teacher call
+     700     12.5 %     (the 400-step run extended)
 
-(one image = 2.5 points: the curve is noisy, but 3–5× chance from 50 steps on; train-set
+(one image = 2.5 points, so the curve is noisy, but it is 3–5× chance from 50 steps on; train-set
 retrieval is similar, so the tower underfits rather than memorises.) Variants at 200 steps —
 without centring the text embeddings 10 % (7.5 % at 300), without the faster t/b 7.5 % — are
 within that noise: both are kept on principle (see `Contrastive`, `build_optimizer`), not on
-evidence.
-Recommended: quick demo ``steps=150`` (≈ 1 min), default ``steps=400`` (≈ 2.5 min).
+evidence. Recommended: quick demo ``steps=200`` (≈ 1 min on 2 idle cores), default
+``steps=400`` (≈ 1.7 min; 700 steps gave no more).
 """
 
 from __future__ import annotations

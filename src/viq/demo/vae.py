@@ -12,8 +12,10 @@ convolutional: a model trained on crops runs unchanged at any size). Loss: MSE o
 of a sampled latent + ``kl_weight``·KL (1e-6: a nearly deterministic autoencoder, as the
 reconstruction VAEs of latent diffusion), AdamW, linear warmup then a constant learning rate (so a
 run can be extended exactly, `viq.demo.resume`). Each batch: ``batch`` random ``crop``² crops of
-train images at their native scale or downscaled (whole-image context: half the crops come from
-an image shrunk by a random factor down to its short side = ``crop``).
+train images at their native scale or downscaled (more context per crop: half the crops come from
+an image shrunk by a log-uniform factor in (√r, 1], r = ``crop`` / short side). The posterior's
+log-variance starts at −10 (std e⁻⁵), so the decoder trains on latents close to the mean it is
+given at use.
 
 Output (``out_dir``): diffusers ``save_pretrained`` (config.json + diffusion_pytorch_model.
 safetensors) — ``VAEConfig(source=str(out_dir), latent_channels=16)`` loads it through
@@ -23,22 +25,27 @@ resolution, zero-padded to a multiple of 16 as the encoder pads, measured on the
 region). The config also carries ``latents_mean`` / ``latents_std`` (per channel, from 16 train
 images) and ``scaling_factor`` 1, so ``VAEConfig(normalise=True)`` regresses unit-scale latents.
 
-MEASURED (SynthConfig(n=400, max_side=384): 320 train images, PSNR on 16 val images; one thread
-at a machine load average of 5–10, so times are CPU seconds; two idle cores run a step in
-roughly 0.6 s):
+MEASURED (SynthConfig(n=400, max_side=384): 320 train images; PSNR on 16 val images). A step
+takes 0.55 s on 2 idle cores (1.1 CPU s on one thread; on the shared machine, load 5–10, it
+was 2–6 s wall); data loading, latent statistics, evaluation and saving add ≈ 10 s.
 
-    steps   val PSNR   CPU s (training only)
+    steps   val PSNR   CPU s on one thread (training only)
       50    19.4 dB     50
      100    20.0 dB    109
      200    20.6 dB    215
-     250    20.7 dB    269 for the whole train_vae call (data, training, stats, eval, save)
+     250    20.7 dB    269 for the whole train_vae call
+     600    21.5 dB    (the 250-step run extended; about 5.5 min on 2 idle cores)
 
 References on the same images: each image's mean colour 18.9 dB; 8× box downsampling + bilinear
-upsampling 23.1 dB (4×: 25.6 dB). So in these budgets the VAE gives recognisable layouts, shapes
-and colours, but soft edges and unreadable small text; PSNR still rises slowly with more steps.
-Recommended: quick demo ``steps=100`` (≈ 1 min on 2 idle cores), default ``steps=250``
-(≈ 2.5–3 min). bf16 autocast was 2.8× slower than fp32 for these convolutions on CPU; widths
-(32, 64, 64, 64) cost 2.3× more per step for +0.2 dB at 50 steps.
+upsampling 23.1 dB (4×: 25.6 dB). Looked at: layouts, shapes and large text are recognisable at
+250 steps and sharp enough to read at 600, but colours are not faithful — object hues drift
+along a blue–orange axis and background tints come out as one average lavender-grey (correcting
+each channel's per-image mean alone adds 1.0–1.6 dB). Recommended: quick demo ``steps=100``
+(≈ 1 min on 2 idle cores), default ``steps=300`` (≈ 3 min); more steps keep helping. Tried and
+not kept: bf16 autocast (2.8× slower for these convolutions on CPU), widths (32, 64, 64, 64)
+(2.3× the cost per step for +0.2 dB at 50 steps), lr 5e-3 (no gain), a cosine schedule (20.7 dB
+at 250 steps, same as constant), 64² crops (worse per CPU second), GroupNorm with one channel
+per group (`norm_groups`; 17–18 dB, worse than the mean colour).
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ CHANNELS = (16, 32, 64, 64)  # 0.97 M parameters
 LR = 2e-3
 WARMUP = 20
 KL_WEIGHT = 1e-6
-INIT_LOGVAR = -10.0  # posterior std e^-5 at init: an std-1 posterior drowned the young latents
+INIT_LOGVAR = -10.0  # posterior std e^-5 at init (diffusers' default init gives std ≈ 1)
 PAD = 16  # the encoder's patch: latents of the padded image are what L_recon regresses
 
 
@@ -114,14 +121,14 @@ def load_images(data_dir: Path, split: str, limit: int | None = None) -> list[to
 def sample_batch(images: list[torch.Tensor], crop: int, batch: int,
                  g: torch.Generator) -> torch.Tensor:
     """``batch`` random crop² crops in [-1, 1] (B, 3, crop, crop); half of them from a randomly
-    downscaled image (scale ∈ [crop / short side, 1], log-uniform)."""
+    downscaled image (scale = r^u, u ~ U[0, 0.5), r = crop / short side: log-uniform in (√r, 1])."""
     out = []
     for _ in range(batch):
         img = images[int(torch.randint(len(images), (1,), generator=g))].float() / 127.5 - 1
         h, w = img.shape[1:]
         lo = crop / min(h, w)  # > 1: a small image is upscaled to fit one crop
         u = float(torch.rand((), generator=g))
-        scale = lo if lo >= 1 else (math.exp(math.log(lo) * u) if u < 0.5 else 1.0)
+        scale = lo if lo >= 1 else (lo**u if u < 0.5 else 1.0)
         if scale != 1.0:
             size = (max(crop, round(h * scale)), max(crop, round(w * scale)))
             img = F.interpolate(img[None], size=size, mode="bilinear", align_corners=False,
