@@ -96,6 +96,13 @@ class TrainData:
         self.stream.load_state_dict(state)
         self._iter = None
 
+    def sample_batch(self) -> Batch | None:
+        """The first training batch of a separate pass (the stream's position is untouched)."""
+        ds = PackedDataset(self.dataset.source, self.tokenizer, self.dataset.image_cfg,
+                           self.cfg.data.loader, patch=self.cfg.model.encoder.patch_size,
+                           rank=self.rank, world=self.world, epochs=1)
+        return next((b for b in ds if b.num_samples), None)
+
     def val_batches(self, n: int) -> list[Batch]:
         """The first ``n`` batches of the validation split (no shuffle: the same every time)."""
         if not self.val_path or n == 0:

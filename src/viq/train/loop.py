@@ -126,6 +126,7 @@ class Trainer:
     def _start_weights(self, n_trainable: int) -> None:
         cfg = self.cfg
         found = ckpt.list_checkpoints(self.out / "checkpoints") if self.resume else []
+        fresh: list[str] = []
         if found:
             state = ckpt.read_state(found[-1])
             if state.get("fingerprint") != self.fp:
@@ -151,8 +152,27 @@ class Trainer:
                       f"{', '.join(sorted({'.'.join(n.split('.')[:3]) for n in fresh})) or '-'})")
         elif self.resume:
             self._say(f"--resume: no checkpoint in {self.out / 'checkpoints'}; starting fresh")
+        if not found:
+            self._calibrate(fresh if cfg.stage.init_from else None)
         self._say(f"{cfg.stage.name}: {n_trainable} trainable tensors\n"
                   f"{trainable_table(self.obj)}")
+
+    @torch.no_grad()
+    def _calibrate(self, fresh: list[str] | None) -> None:
+        """A fresh FSQ ``project_in`` squeezes every token onto one code: rescale it on the first
+        training batch (`ViQHead.calibrate_project_in`, data-dependent init) before training.
+        Runs at a fresh start only (a resumed run loads the calibrated weights); draws no RNG."""
+        head = self.obj.model.head
+        new = fresh is None or any(n.startswith("model.head.project_in.") for n in fresh)
+        if not head.has_codes or not new or self.cfg.run.dist == "fsdp2":
+            return
+        batch = self.data.sample_batch()
+        if batch is None or not batch.images or self.cfg.stage.features == "codes":
+            return
+        tokens = self.obj.model.encoder([im.to(self.device) for im in batch.images]).tokens
+        std = head.calibrate_project_in(tokens)
+        self._say(f"calibrated head.project_in on {len(batch.images)} images "
+                  f"(quantizer input std {float(std.mean()):.3g} -> 1)")
 
     def _say(self, text: str) -> None:
         if self.info.is_main and self.progress:
