@@ -104,7 +104,8 @@ def test_thirty_steps_on_one_batch_lower_every_term(data_dir):
         out.total.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        values = {"total": float(out.total), **{k: float(v) for k, v in out.terms.items()}}
+        values = {"total": float(out.total.detach()),
+                  **{k: float(v.detach()) for k, v in out.terms.items()}}
         first = first or values
         last = values
     for k in first:
