@@ -30,6 +30,7 @@ from viq.cli.errors import (
 )
 from viq.cli.inputs import Inputs, Job, report
 from viq.cli.inputs import expand_inputs as expand_file_inputs
+from viq.cli.model_args import image_config
 from viq.codes.codesfile import FORMAT, SUFFIX, load_codes, save_codes
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm",
@@ -216,22 +217,6 @@ def _encode_batch(model, batch: list, model_id: str, fp: str, failures: list[str
     return written
 
 
-def _image_config(args: argparse.Namespace, model):
-    """The model's image rule with --set image.* and --resize applied, checked (usage errors)."""
-    from viq.config import override
-
-    image_sets = [a for a in args.overrides if a.split("=", 1)[0].strip().startswith("image.")]
-    if args.preset is None and len(image_sets) != len(args.overrides):
-        raise UsageError("with --checkpoint or --weights, --set may only change image.* fields "
-                         "(the weights fix the rest)")
-    sets = image_sets + ([f"image.resize={args.resize}"] if args.resize else [])
-    try:
-        return override(model.cfg, sets).image
-    except ValueError as e:
-        flag = "--resize" if args.resize and "resize" in str(e) else "--set"
-        raise UsageError(f"{flag}: {e}") from None
-
-
 def _check_center_crop(n: int | None, img_cfg, resize: str | None) -> None:
     from viq.data.images import pixel_budget
 
@@ -292,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
     if not model.head.has_codes:
         raise UsageError(f"head.quantizer={model.cfg.head.quantizer!r} gives no discrete codes; "
                          "encode needs an FSQ head (head.quantizer=fsq)")
-    img_cfg = _image_config(args, model)
+    img_cfg = image_config(model, args)
     _check_center_crop(args.center_crop, img_cfg, args.resize)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     model = model.to(device=device, dtype=dtype).eval()

@@ -13,7 +13,6 @@ commit record with matching sha256) are skipped, a partial one is redone.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -67,14 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def torchrun_rank() -> tuple[int, int]:
-    """(rank, world size) from torchrun's RANK / WORLD_SIZE (the only environment read)."""
+    """(rank, world size) of a torchrun launch (`viq.train.dist`: the only environment read)."""
+    from viq.train.dist import launched_rank
+
     try:
-        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        raise UsageError("RANK / WORLD_SIZE are not integers (set by torchrun)") from None
-    if world < 1 or not 0 <= rank < world:
-        raise UsageError(f"RANK={rank} WORLD_SIZE={world} are inconsistent")
-    return rank, world
+        return launched_rank()
+    except ValueError as e:
+        raise UsageError(f"{e} (RANK / WORLD_SIZE are set by torchrun)") from None
 
 
 def _num_shards(args: argparse.Namespace, source) -> int:

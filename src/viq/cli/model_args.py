@@ -111,7 +111,8 @@ def image_config(model: torch.nn.Module, args: argparse.Namespace) -> ImageConfi
     try:
         return override(model.cfg, sets).image
     except ValueError as e:
-        raise UsageError(f"--set/--resize: {e}") from None
+        flag = "--resize" if args.resize and "resize" in str(e) else "--set"
+        raise UsageError(f"{flag}: {e}") from None
 
 
 def image_settings(args: argparse.Namespace, cfg: ImageConfig) -> dict:

@@ -47,6 +47,14 @@ def launched_world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_rank() -> tuple[int, int]:
+    """(RANK, WORLD_SIZE) of a torchrun launch ((0, 1) otherwise); ValueError if inconsistent."""
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} WORLD_SIZE={world} are inconsistent")
+    return rank, world
+
+
 def init(kind: str, device: str) -> DistInfo:
     """Join the process group torchrun prepared (or none for a single process)."""
     world = launched_world()
