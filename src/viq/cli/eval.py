@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.split is not None:
             codes = None
             if mode == "codes":
-                from viq.demo.evaluate import _stored_codes
+                from viq.demo.evaluate import stored_codes
 
-                codes = _stored_codes(args.codes)
+                codes = stored_codes(args.codes)
             report, preds = evaluate(obj, args.split, mode, limit=args.limit, codes=codes,
                                      progress=not args.quiet)
             print(format_table(report))

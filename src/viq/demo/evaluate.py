@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 
-def _stored_codes(store: Path) -> dict:
+def stored_codes(store: Path) -> dict:
     from viq.codes.store import CodeStore
 
     out: dict = {}
@@ -58,7 +58,7 @@ def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = Tru
 
     results: dict = {"understanding": {}, "figures": {}}
     test = data / "test.json"
-    codes = _stored_codes(store)
+    codes = stored_codes(store)
     s1 = load_run(out / "stage1")
     rep, _ = evaluate(s1, test, "images", limit=plan.eval_limit, progress=progress)
     results["understanding"]["continuous (stage 1)"] = rep.to_dict()
