@@ -127,3 +127,33 @@ def test_official_compat_runs_project_in_in_the_model_dtype():
     xb = x.replace(x.tokens.bfloat16())
     assert plain(xb).pre_quant.dtype == torch.float32
     assert compat(xb).pre_quant.dtype == torch.bfloat16
+
+
+def test_calibrate_fresh_restores_the_signal_through_a_fresh_quantization_path():
+    """A fresh 2-2 path squeezes everything onto one code and erases the 2-1 features; after
+    `calibrate_fresh` every chain layer passes unit spread, the FSQ input is centred with unit
+    std per channel, and the bottleneck gets back the proximal bound's spread."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(tiny().head, layout="paper", quantizer="fsq", bottleneck_dim=16,
+                              headwise_dim=8)
+    head = ViQHead(cfg, WIDTH).eval()
+    x = _tokens([(6, 8), (5, 7)], seed=3)
+    with torch.no_grad():
+        assert head(x).codes.unique().numel() <= 4  # collapsed before
+        before = head.calibrate_fresh(x)
+        assert before["project_in"] < 0.1
+        for name in head.FRESH_CHAIN[:-1]:
+            if name != "project_in":
+                assert head._output_of(name, x).std().item() == pytest.approx(1.0, rel=1e-3)
+        z = head(x).pre_quant
+        assert torch.allclose(z.std(dim=0), torch.ones(z.shape[1]), rtol=1e-3)
+        assert z.mean(dim=0).abs().max() < 1e-4
+        from viq.quant import Proximal
+
+        t = head.bottleneck_in(head.preprocess_layers[0](head.pre_norm(x.tokens), x.lengths))
+        spread = Proximal(16, bound=cfg.bound)(t).values.std().item()
+        last = head._output_of(head.FRESH_CHAIN[-1], x).std().item()
+        assert last == pytest.approx(spread, rel=1e-3)
+        assert head(x).codes.unique().numel() > 20
+    with pytest.raises(ValueError, match="no quantization path"):
+        ViQHead(dataclasses.replace(cfg, quantizer="proximal"), WIDTH).calibrate_fresh(x)

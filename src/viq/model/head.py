@@ -188,6 +188,71 @@ class ViQHead(nn.Module):
         b.copy_(((b.float() - mean) * scale).to(b.dtype))
         return std
 
+    #: The non-residual linears between the bottleneck and the quantizer and back, in forward
+    #: order: at a fresh start (stage 2-2) their small init shrinks the signal ~10× per layer.
+    FRESH_CHAIN = ("pre_token_shuffle_head.fc1", "pre_token_shuffle_head.fc2",
+                   "post_token_shuffle_head.fc1", "post_token_shuffle_head.fc2", "project_in",
+                   "project_out", "inverse_token_shuffle_head.fc1",
+                   "inverse_token_shuffle_head.fc2")
+
+    @torch.no_grad()
+    def calibrate_fresh(self, x: Packed) -> dict[str, float]:
+        """Data-dependent init (LSUV) of the freshly built expansion/quantization path.
+
+        With the small init of `_init_weights`, a fresh 2-2 path at demo widths squeezes the
+        quantizer input to std ~1e-3 and hands ~1e-3 back to ``bottleneck_out``: one code for
+        every token, and the stage-2-1 features erased. Rescaling ``project_in`` alone (see
+        `calibrate_project_in`) leaves a ~1000× gain on a path that the first optimizer steps
+        then push into the FSQ bound's saturation, where every token falls on one corner code.
+        This rescales each linear of `FRESH_CHAIN` in forward order so that its output on the
+        sample ``x`` has std 1 (``project_in`` also mean 0: the FSQ input), and the last one so
+        that ``bottleneck_out`` receives the spread it was trained on in stage 2-1 (the
+        proximal bound's output, paper layout). Returns each layer's output std before.
+        """
+        if not self.expanded:
+            raise ValueError("calibrate_fresh: this head has no quantization path (paper 2-1 "
+                             "layout)")
+        target_last = 1.0
+        if self.cfg.layout == "paper":
+            from viq.quant import Proximal
+
+            t = self.pre_norm(x.tokens)
+            for blk in self.preprocess_layers:
+                t = blk(t, x.lengths)
+            bound = Proximal(self.stage_width, bound=self.cfg.bound).to(t.device)
+            target_last = float(bound(apply_linear(self.bottleneck_in, t).float()).values.std())
+        before: dict[str, float] = {}
+        for name in self.FRESH_CHAIN:
+            lin = self.get_submodule(name)
+            out = self._output_of(name, x).float().reshape(-1, lin.out_features)
+            before[name] = float(out.std())
+            if name == "project_in":  # the FSQ input: per channel, centred
+                scale = 1.0 / out.std(dim=0).clamp_min(1e-12)
+                lin.bias.copy_((lin.bias - out.mean(dim=0)) * scale)
+                lin.weight.mul_(scale[:, None])
+            else:
+                scale = (target_last if name == self.FRESH_CHAIN[-1] else 1.0) / max(before[name], 1e-12)
+                lin.bias.mul_(scale)
+                lin.weight.mul_(scale)
+        return before
+
+    def _output_of(self, name: str, x: Packed) -> torch.Tensor:
+        """The output of the linear ``name`` of `FRESH_CHAIN` in a forward on ``x``."""
+        if name == "project_in":
+            return self.forward(x).pre_quant
+        seen: list[torch.Tensor] = []
+        if name == "project_out":  # applied functionally: read the next layer's input
+            hook = self.inverse_token_shuffle_head.fc1.register_forward_pre_hook(
+                lambda m, args: seen.append(args[0]))
+        else:
+            hook = self.get_submodule(name).register_forward_hook(
+                lambda m, args, out: seen.append(out))
+        try:
+            self.forward(x)
+        finally:
+            hook.remove()
+        return seen[0]
+
     # -- codes → features -----------------------------------------------------------------------
 
     def embed(self, codes: torch.Tensor, grids: Sequence[tuple[int, int]]) -> Packed:

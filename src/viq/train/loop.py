@@ -159,8 +159,8 @@ class Trainer:
 
     @torch.no_grad()
     def _calibrate(self, fresh: list[str] | None) -> None:
-        """A fresh FSQ ``project_in`` squeezes every token onto one code: rescale it on the first
-        training batch (`ViQHead.calibrate_project_in`, data-dependent init) before training.
+        """A fresh quantization path squeezes every token onto one code: rescale it on the first
+        training batch (`ViQHead.calibrate_fresh`, data-dependent init) before training.
         Runs at a fresh start only (a resumed run loads the calibrated weights); draws no RNG."""
         head = self.obj.model.head
         new = fresh is None or any(n.startswith("model.head.project_in.") for n in fresh)
@@ -170,9 +170,10 @@ class Trainer:
         if batch is None or not batch.images or self.cfg.stage.features == "codes":
             return
         tokens = self.obj.model.encoder([im.to(self.device) for im in batch.images]).tokens
-        std = head.calibrate_project_in(tokens)
-        self._say(f"calibrated head.project_in on {len(batch.images)} images "
-                  f"(quantizer input std {float(std.mean()):.3g} -> 1)")
+        before = head.calibrate_fresh(tokens)
+        self._say(f"calibrated the fresh quantization path on {len(batch.images)} images "
+                  f"(quantizer input std {before['project_in']:.3g} -> 1, features into the "
+                  f"bottleneck {before[head.FRESH_CHAIN[-1]]:.3g} -> the stage-2-1 spread)")
 
     def _say(self, text: str) -> None:
         if self.info.is_main and self.progress:
