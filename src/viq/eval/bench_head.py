@@ -3,6 +3,7 @@
     viq bench head --quick          # seconds: width 1536 with 2 encoder layers, tiny/demo widths
     viq bench head                  # the paper's model (SigLIP2-g, 40 layers, released 64k head);
                                     # ~6 GB of fp32 weights, about a minute on 2 cores
+    viq bench head --device cuda    # the same on a GPU (timings synchronised with the device)
 
 Measures, side by side in one process (compare ratios, not absolute numbers across machines):
 - seconds per 384² image (24×24 patches, 2,304 codes) for the paper-width model in fp32 and in
@@ -37,16 +38,25 @@ def _paper_config(quick: bool) -> ModelConfig:
     return dataclasses.replace(cfg, encoder=enc, head=head)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously: wait before reading the clock
+        torch.cuda.synchronize(device)
+
+
 @torch.no_grad()
 def _time_split(model: ViQModel, images: list[torch.Tensor], repeats: int) -> dict[str, float]:
     """Median seconds of encoder, head and both over ``repeats`` runs (after one warm-up)."""
-    images = [img.to(model.dtype) for img in images]
+    device = model.device
+    images = [img.to(device=device, dtype=model.dtype) for img in images]
     enc_t, head_t = [], []
     for i in range(repeats + 1):
+        _sync(device)
         t0 = time.perf_counter()
         tokens = model.encoder(images).tokens
+        _sync(device)
         t1 = time.perf_counter()
         model.head(tokens)
+        _sync(device)
         t2 = time.perf_counter()
         if i:  # the first run warms up allocators and kernels
             enc_t.append(t1 - t0)
@@ -55,11 +65,12 @@ def _time_split(model: ViQModel, images: list[torch.Tensor], repeats: int) -> di
     return {"encoder_s": enc, "head_s": head, "total_s": enc + head}
 
 
-def bench_paper_width(quick: bool, repeats: int, size: int) -> dict[str, dict[str, float]]:
+def bench_paper_width(quick: bool, repeats: int, size: int,
+                      device: str = "cpu") -> dict[str, dict[str, float]]:
     """fp32 then bf16 (cast in place, so only one copy of the weights exists at a time)."""
     cfg = _paper_config(quick)
     torch.manual_seed(0)
-    model = ViQModel(cfg).eval()
+    model = ViQModel(cfg).eval().to(device)
     image = [torch.rand(3, size, size) * 2 - 1]
     out = {"fp32": _time_split(model, image, repeats)}
     model.to(torch.bfloat16)
@@ -68,12 +79,12 @@ def bench_paper_width(quick: bool, repeats: int, size: int) -> dict[str, dict[st
     return out
 
 
-def bench_small(preset: str, repeats: int) -> dict[str, float]:
+def bench_small(preset: str, repeats: int, device: str = "cpu") -> dict[str, float]:
     """Tokens (patches) per second of encoder + head on a packed batch of mixed sizes."""
     from viq.presets import get_preset
 
     torch.manual_seed(0)
-    model = ViQModel(get_preset(preset)).eval()
+    model = ViQModel(get_preset(preset)).eval().to(device)
     sizes = [(256, 256), (192, 320), (128, 384), (320, 224), (160, 160)]
     images = [torch.rand(3, h, w) * 2 - 1 for h, w in sizes]
     tokens = sum((h // 16) * (w // 16) for h, w in sizes)
@@ -89,16 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up (median)")
     p.add_argument("--image-size", type=int, default=384, help="square image side (default 384)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.image_size < 16:
         p.error("--repeats must be >= 1 and --image-size >= 16")
     if args.threads:
         torch.set_num_threads(args.threads)
-    paper = bench_paper_width(args.quick, args.repeats, args.image_size)
-    small = {name: bench_small(name, args.repeats) for name in ("tiny", "demo")}
+    paper = bench_paper_width(args.quick, args.repeats, args.image_size, args.device)
+    small = {name: bench_small(name, args.repeats, args.device) for name in ("tiny", "demo")}
     label = "width 1536, 2 layers (quick)" if args.quick else "SigLIP2-g + released 64k head"
-    print(f"encoder + head, {label}, one {args.image_size}² image, seconds (median of "
-          f"{args.repeats}):")
+    print(f"encoder + head, {label}, one {args.image_size}² image, device {args.device}, "
+          f"seconds (median of {args.repeats}):")
     print(f"  {'dtype':<6} {'encoder':>9} {'head':>9} {'total':>9}")
     for dt, r in paper.items():
         print(f"  {dt:<6} {r['encoder_s']:>9.3f} {r['head_s']:>9.3f} {r['total_s']:>9.3f}")
@@ -107,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in small.items():
         print(f"  {name}: {r['tokens']} patches in {r['seconds'] * 1e3:.1f} ms = "
               f"{r['tokens_per_s']:.0f} patches/s (fp32)")
-    result = {"bench": "head", "quick": args.quick, "image_size": args.image_size,
+    result = {"bench": "head", "device": args.device, "quick": args.quick,
+              "image_size": args.image_size,
               "threads": torch.get_num_threads(), "paper_width": paper,
               "bf16_speedup": ratio, "small": small}
     print(json.dumps(result))

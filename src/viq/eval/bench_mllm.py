@@ -2,6 +2,7 @@
 
     viq bench mllm-speedup            # ~minutes on 2 cores
     viq bench mllm-speedup --quick    # seconds (tests)
+    viq bench mllm-speedup --device cuda   # on a GPU (timings synchronised with the device)
 
 The same LLM (a real `Qwen2ForCausalLM`, random weights, LoRA), the same projector and the same
 packed rows are trained two ways, side by side in one process:
@@ -72,21 +73,30 @@ def make_batch(seq: int, side: int, seed: int = 0) -> tuple[TokenBatch, list[tor
     return batch, images
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously: wait before reading the clock
+        torch.cuda.synchronize(device)
+
+
 def measure(model: ViQModel, text, batch: TokenBatch, images, codes, mode: str,
             repeats: int) -> tuple[float, float]:
     """(forward s, whole step s), medians over ``repeats`` after one warm-up."""
     params = [p for p in text.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
+    device = model.device
     fwd, step = [], []
     for r in range(repeats + 1):
+        _sync(device)
         t0 = time.perf_counter()
         with torch.no_grad():
             feats = model(images).features if mode == "online" else model.embed(codes)
         loss = text(feats, batch)
+        _sync(device)
         t1 = time.perf_counter()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        _sync(device)
         t2 = time.perf_counter()
         if r:
             fwd.append(t1 - t0)
@@ -96,7 +106,7 @@ def measure(model: ViQModel, text, batch: TokenBatch, images, codes, mode: str,
     return fwd[len(fwd) // 2], step[len(step) // 2]
 
 
-def run(quick: bool = False, repeats: int = 3) -> list[dict]:
+def run(quick: bool = False, repeats: int = 3, device: str = "cpu") -> list[dict]:
     from viq.supervision.text import TextSupervision
 
     enc = QUICK_ENCODER if quick else ENCODER
@@ -107,14 +117,15 @@ def run(quick: bool = False, repeats: int = 3) -> list[dict]:
                       head=HeadConfig(heads=enc.heads, pre_blocks=1, headwise_blocks=1,
                                       headwise_dim=32, post_residual=1, levels=(8, 8, 8, 5, 5, 5)))
     torch.manual_seed(0)
-    model = ViQModel(cfg).eval().requires_grad_(False)
+    model = ViQModel(cfg).eval().requires_grad_(False).to(device)
     rows = []
     for name, shape in llms.items():
         text = TextSupervision(LLMConfig(source="tiny", rank=16, dropout=0.0, **shape),
-                               enc.width).train()
+                               enc.width).train().to(device)
         ratio = _non_embedding(model) / _non_embedding(text.llm)
         for seq in seqs:
             batch, images = make_batch(seq, side)
+            images = [im.to(device) for im in images]
             codes = model.encode(images)
             f_on, s_on = measure(model, text, batch, images, codes, "online", repeats)
             f_st, s_st = measure(model, text, batch, images, codes, "stored", repeats)
@@ -130,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                                 epilog="See the module docstring / README for what is measured.")
     p.add_argument("--quick", action="store_true", help="tiny sizes, one sequence length")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (median; default 3)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     args = p.parse_args(argv)
-    rows = run(args.quick, max(1, args.repeats))
+    rows = run(args.quick, max(1, args.repeats), args.device)
     print(f"{'LLM':<24}{'enc:LLM':>8}{'seq':>6}{'fwd online':>12}{'fwd stored':>12}"
           f"{'fwd saved':>10}{'step online':>13}{'step stored':>13}{'step ×':>8}")
     for r in rows:
@@ -139,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['forward_online_s']:>11.3f}s{r['forward_stored_s']:>11.3f}s"
               f"{100 * r['forward_saving']:>9.0f}%{r['step_online_s']:>12.3f}s"
               f"{r['step_stored_s']:>12.3f}s{r['step_speedup']:>7.2f}×")
-    print(json.dumps({"bench": "mllm-speedup", "rows": rows}))
+    print(json.dumps({"bench": "mllm-speedup", "device": args.device, "rows": rows}))
     return 0
 
 

