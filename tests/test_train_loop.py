@@ -140,3 +140,36 @@ def test_checkpoint_is_atomic_and_pruned(tmp_path):
                        .read_text())
     assert state["step"] == 4 and state["fingerprint"].startswith("sha256:")
     assert torch.is_tensor(torch.get_rng_state())
+
+
+def test_encoder_init_starts_the_student_from_pretrained_weights(tmp_path):
+    """stage.encoder_init (the paper's SigLIP2 → student): every encoder tensor copied, the
+    position table resampled to the student's grid; a wrong architecture is named."""
+    import dataclasses
+
+    from viq.model.viq import ViQModel
+    from viq.model.vit import resize_pos_table
+
+    cfg = get_run("tiny_stage1")
+    torch.manual_seed(5)
+    src_cfg = dataclasses.replace(cfg.model, encoder=dataclasses.replace(cfg.model.encoder,
+                                                                         pos_grid=4))
+    src = ViQModel(src_cfg)
+    src.save_pretrained(tmp_path / "pre")
+    run = override(cfg, [f"stage.encoder_init={tmp_path / 'pre'}"])
+    tr = Trainer(run, tmp_path / "run")
+    tr.setup()
+    mine, theirs = tr.obj.model.encoder.state_dict(), src.encoder.state_dict()
+    g, c = cfg.model.encoder.pos_grid, cfg.model.encoder.width
+    for k, v in mine.items():
+        want = theirs[k]
+        if k == "pos_embed":
+            want = resize_pos_table(want.reshape(-1, c), 4, g, g).reshape(1, g * g, c)
+        torch.testing.assert_close(v, want, rtol=0, atol=1e-6)
+    wide = dataclasses.replace(src_cfg, encoder=dataclasses.replace(src_cfg.encoder, mlp_dim=96))
+    ViQModel(wide).save_pretrained(tmp_path / "wide")
+    bad = override(cfg, [f"stage.encoder_init={tmp_path / 'wide'}"])
+    with pytest.raises(ValueError, match="another architecture"):
+        Trainer(bad, tmp_path / "run2").setup()
+    with pytest.raises(ValueError, match="stage.encoder_init"):
+        override(cfg, ["stage.encoder_init=x", "stage.init_from=y"])

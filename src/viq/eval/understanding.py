@@ -39,7 +39,8 @@ Mode = Literal["images", "codes", "shuffled", "blind"]
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> Objective:
-    """The objective of a finished (or checkpointed) run, with its trained weights, in eval."""
+    """The objective of a finished (or checkpointed) run, with its trained weights, in eval
+    (adapters merged into the LLM: for answering, not for further training)."""
     run = Path(run_dir)
     final = run / "final"
     if (final / "weights.safetensors").is_file():
@@ -56,6 +57,8 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Objective:
                          "to answer questions")
     obj = Objective(cfg)
     load_weights(obj, weights)
+    if obj.text is not None:
+        obj.text.merge_adapters()  # answers only: LoRA folded in, ~2× faster generation
     return obj.to(device).eval()
 
 

@@ -150,7 +150,12 @@ class Trainer:
                 fresh = ckpt.load_weights(self.obj, path, cfg.stage.allow_missing)
             self._say(f"initialised from {path} ({len(fresh)} entries fresh: "
                       f"{', '.join(sorted({'.'.join(n.split('.')[:3]) for n in fresh})) or '-'})")
-        elif self.resume:
+        elif cfg.stage.encoder_init:
+            from viq.train.encoder_init import init_encoder
+
+            with dist.full_tensor_loads(cfg.run.dist):
+                self._say(init_encoder(self.obj.model.encoder, cfg.stage.encoder_init))
+        if not found and not cfg.stage.init_from and self.resume:
             self._say(f"--resume: no checkpoint in {self.out / 'checkpoints'}; starting fresh")
         if not found:
             self._calibrate(fresh if cfg.stage.init_from else None)

@@ -89,6 +89,7 @@ class Stage:
     losses: LossWeights = dataclasses.field(default_factory=LossWeights)
     resolution: tuple[tuple[int, int], ...] = ()  # (from_step, max_pixels); empty = the model's
     init_from: str = ""  # a run folder or checkpoint of the previous stage ("" = fresh)
+    encoder_init: str = ""  # pretrained encoder weights of a fresh start (viq.train.encoder_init)
     allow_missing: tuple[str, ...] = ()  # patterns of parameters a fresh init may lack
 
     def __post_init__(self) -> None:
@@ -104,6 +105,8 @@ class Stage:
         _check(self.layout in ("released", "paper"), "stage.layout",
                f"must be 'released' or 'paper', got {self.layout!r}")
         _check(len(self.trainable) > 0, "stage.trainable", "no parameter would train")
+        _check(not (self.init_from and self.encoder_init), "stage.encoder_init",
+               "a stage starts from init_from (the previous stage) or from encoder_init, not both")
         steps = [s for s, _ in self.resolution]
         _check(steps == sorted(steps) and all(p > 0 for _, p in self.resolution),
                "stage.resolution", "must be (from_step, max_pixels) pairs with increasing steps "
