@@ -90,3 +90,17 @@ def test_dtype_follows_parameters():
     proj = Projector(32, 16).to(torch.bfloat16)
     out = proj(_feats([(3, 3)]))  # fp32 features are cast on entry
     assert out[0].dtype == torch.bfloat16 and out[0].shape == (image_token_count((3, 3)), 16)
+
+
+def test_calibrate_brings_image_tokens_to_the_llm_embedding_norm():
+    torch.manual_seed(0)
+    proj = Projector(32, 24)
+    feats = Packed(_feats([(4, 6), (3, 5)]).tokens * 30 + 5, ((4, 6), (3, 5)))
+    before = proj.calibrate(feats, 3.0)
+    x = proj.proj1(feats.tokens)
+    pooled = torch.cat([proj.pooled(t, g).reshape(-1, 24)
+                        for t, g in zip(torch.split(x, feats.lengths), feats.grids)])
+    assert before > 10 and pooled.norm(dim=-1).mean().item() == pytest.approx(3.0, rel=1e-4)
+    assert [b.shape for b in proj(feats)] == [(image_token_count(g), 24) for g in feats.grids]
+    for v in (proj.image_newline, proj.image_begin, proj.image_end):
+        assert v.norm().item() == pytest.approx(3.0, rel=1e-5)
