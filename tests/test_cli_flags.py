@@ -16,14 +16,14 @@ FLAGS = {
     "extract": "--bad-samples --center-crop --checkpoint --device --dtype --image-root "
                "--max-tokens --num-shards --out --preset --quiet --random-init --resize --seed "
                "--set --shard-index --size --weights --workers",
-    "bench mllm-speedup": "--quick --repeats",
+    "bench mllm-speedup": "--device --quick --repeats",
     "encode": "--center-crop --checkpoint --device --dtype --max-tokens --out --overwrite "
               "--preset --quiet --random-init --resize --seed --set --size --weights -o",
     "decode": "--device --dtype --out --overwrite --preset --quiet --random-init --seed --set "
               "--size --weights -o",
     "bench encoder": "--atol --depth --device --dtype --heads --images --max-size --min-size "
                      "--mlp-dim --patch --pos-grid --quick --repeats --seed --warmup --width",
-    "bench head": "--image-size --quick --repeats --threads",
+    "bench head": "--device --image-size --quick --repeats --threads",
     "bench data": "--max-tokens --resize --samples --seed --source --workers",
     "bench load": "--child --depth --dir --dtype --file --methods --size --width",
     "data synth": "--categories --format --image-format --jpeg-quality --max-aspect --max-side "

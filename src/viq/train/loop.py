@@ -164,21 +164,35 @@ class Trainer:
 
     @torch.no_grad()
     def _calibrate(self, fresh: list[str] | None) -> None:
-        """A fresh quantization path squeezes every token onto one code: rescale it on the first
-        training batch (`ViQHead.calibrate_fresh`, data-dependent init) before training.
-        Runs at a fresh start only (a resumed run loads the calibrated weights); draws no RNG."""
-        head = self.obj.model.head
-        new = fresh is None or any(n.startswith("model.head.project_in.") for n in fresh)
-        if not head.has_codes or not new or self.cfg.run.dist == "fsdp2":
+        """Data-dependent init of fresh parts on the first training batch, before training:
+        a fresh quantization path squeezes every token onto one code (`ViQHead.calibrate_fresh`)
+        and a fresh projector hands the LLM tokens far off its embedding scale
+        (`Projector.calibrate`). Runs at a fresh start only (a resumed run loads the calibrated
+        weights); draws no RNG; skipped under FSDP2 (sharded parameters)."""
+        def new(prefix: str) -> bool:
+            return fresh is None or any(n.startswith(prefix) for n in fresh)
+
+        head, text = self.obj.model.head, getattr(self.obj, "text", None)
+        todo_head = head.has_codes and new("model.head.project_in.")
+        todo_proj = text is not None and new("text.projector.")
+        if not (todo_head or todo_proj) or self.cfg.run.dist == "fsdp2":
             return
         batch = self.data.sample_batch()
         if batch is None or not batch.images or self.cfg.stage.features == "codes":
             return
-        tokens = self.obj.model.encoder([im.to(self.device) for im in batch.images]).tokens
-        before = head.calibrate_fresh(tokens)
-        self._say(f"calibrated the fresh quantization path on {len(batch.images)} images "
-                  f"(quantizer input std {before['project_in']:.3g} -> 1, features into the "
-                  f"bottleneck {before[head.FRESH_CHAIN[-1]]:.3g} -> the stage-2-1 spread)")
+        images = [im.to(self.device) for im in batch.images]
+        if todo_head:
+            before = head.calibrate_fresh(self.obj.model.encoder(images).tokens)
+            self._say(f"calibrated the fresh quantization path on {len(images)} images "
+                      f"(quantizer input std {before['project_in']:.3g} -> 1, features into "
+                      f"the bottleneck {before[head.FRESH_CHAIN[-1]]:.3g} -> the stage-2-1 "
+                      "spread)")
+        if todo_proj:
+            emb = text.llm.get_input_embeddings().weight
+            target = float(emb.float().norm(dim=-1).mean())
+            before = text.projector.calibrate(self.obj.features(images, pool=False)[0], target)
+            self._say(f"calibrated the fresh projector on {len(images)} images (image token "
+                      f"norm {before:.3g} -> {target:.3g}, the LLM's word embeddings)")
 
     def _say(self, text: str) -> None:
         if self.info.is_main and self.progress:

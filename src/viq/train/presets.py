@@ -104,8 +104,10 @@ def _paper_stage1(llm: str) -> TrainConfig:
     rises 2e-5 → 5e-5 between the phases; a stage has one LR per group, so 5e-5 throughout
     (or run the 384² phase alone with --set run.steps=... and a lower optim.lr)."""
     steps = round(6e9 / PAPER_TOKENS_PER_STEP)
+    # the student starts from SigLIP2-g, the model its teacher is (SPEC A2; viq.train.encoder_init)
     stage = dataclasses.replace(stage1(lr=5e-5),
-                                resolution=((0, PIXELS_384), (steps // 2, PIXELS_768)))
+                                resolution=((0, PIXELS_384), (steps // 2, PIXELS_768)),
+                                encoder_init="weights/siglip2-giant-opt-patch16-384")
     return _paper(llm, stage, 6e9)
 
 
