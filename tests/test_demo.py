@@ -37,8 +37,11 @@ def test_reduced_demo_end_to_end(tmp_path):
                                                         results["figures"]["losses"]]:
         assert fig in html
     conds = results["understanding"]
-    assert {"continuous (stage 1)", "quantized (stage 2-2, stored codes)",
-            "blind: another sample's image", "blind: no image"} == set(conds)
+    assert {"continuous (stage 1)", "stage 1, blind: no image",
+            "quantized (stage 2-2, stored codes)", "stage 2-2, blind: another sample's image",
+            "stage 2-2, blind: no image"} == set(conds)
+    assert "MLLM training from stored codes" in html
+    assert results["speedup"]["step speed-up (×)"] > 0
     n_test = min(4, len(json.loads((out / "data" / "test.json").read_text())))
     assert all(r["overall"]["n"] == n_test > 0 for r in conds.values())
     assert _finite(results) and results["storage"]["entropy-packed"]["bits_per_code"] > 0

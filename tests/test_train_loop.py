@@ -173,3 +173,16 @@ def test_encoder_init_starts_the_student_from_pretrained_weights(tmp_path):
         Trainer(bad, tmp_path / "run2").setup()
     with pytest.raises(ValueError, match="stage.encoder_init"):
         override(cfg, ["stage.encoder_init=x", "stage.init_from=y"])
+
+
+def test_a_run_that_froze_the_adapters_loads_for_answers(tmp_path):
+    """load_run reads back what a run saved (the model + what it trained), also when the LLM's
+    adapters stayed frozen (an alignment-only stage 1), and answers."""
+    from viq.eval.understanding import evaluate, load_run
+
+    cfg = override(get_run("tiny_stage1"), [
+        "run.steps=2", 'stage.trainable=["model.encoder.*","text.projector.*","distill.align.*"]'])
+    train(cfg, tmp_path / "run", progress=False)
+    obj = load_run(tmp_path / "run")
+    rep, preds = evaluate(obj, tmp_path / "run" / "data" / "val.json", "images", limit=2)
+    assert rep.overall.n == 2 and len(preds) == 2

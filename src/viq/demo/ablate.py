@@ -64,7 +64,10 @@ def _run_variant(demo: Path, name: str, sets: list[str], init: str, plan, progre
 
 
 def _score(run: Path, data: Path, plan, progress: bool) -> dict:
-    from viq.eval.reconstruction import reconstruct_files
+    """Exact match on the test split; on its first ``recon_images`` images (held out): the codes'
+    usage / perplexity and, with a latent head, reconstruction PSNR."""
+    from viq.data.images import load_for_encoder
+    from viq.eval.reconstruction import code_usage, reconstruct_files
     from viq.eval.understanding import evaluate, load_run
 
     obj = load_run(run)
@@ -72,9 +75,14 @@ def _score(run: Path, data: Path, plan, progress: bool) -> dict:
                       progress=progress)
     row = {"accuracy": rep.overall.accuracy,
            "per_category": {k: v.accuracy for k, v in rep.per_category.items()}}
+    test = json.loads((data / "test.json").read_text())
+    held = [data / r["image"][0]["img_path"] for r in test if r.get("image")][:plan.recon_images]
+    codes = [c for p in held
+             for c in obj.model.encode([load_for_encoder(p, obj.cfg.model.image, name=str(p))])]
+    usage = code_usage(codes)
+    row["distinct_codes"], row["perplexity"] = usage["distinct"], usage["perplexity"]
     if hasattr(obj, "latent"):
-        images = sorted((data / "images").glob("*.png"))[-plan.recon_images:]
-        row["psnr"] = reconstruct_files(obj, images)[0].psnr
+        row["psnr"] = reconstruct_files(obj, held)[0].psnr
     return row
 
 
@@ -101,13 +109,13 @@ def ablate(demo: str | Path, quick: bool = False, progress: bool = True) -> list
 
 
 def to_markdown(rows: list[dict]) -> str:
-    lines = ["| group | variant | accuracy (ours) | PSNR dB (ours) | paper avg (8 benchmarks) |",
-             "|---|---|---|---|---|"]
+    lines = ["| group | variant | accuracy (ours) | PSNR dB (ours) | distinct codes / perplexity "
+             "(ours) | paper avg (8 benchmarks) |", "|---|---|---|---|---|---|"]
     for r in rows:
         psnr = f"{r['psnr']:.2f}" if "psnr" in r else "–"
         paper = "–" if r["paper"] is None else f"{r['paper']:.1f}"
         lines.append(f"| {r['group']} | {r['variant']} | {100 * r['accuracy']:.1f} % | {psnr} | "
-                     f"{paper} |")
+                     f"{r['distinct_codes']} / {r['perplexity']:.0f} | {paper} |")
     return "\n".join(lines)
 
 

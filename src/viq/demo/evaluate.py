@@ -42,6 +42,25 @@ def _storage(codes: list, out: Path) -> dict:
                                "bits_per_code": bits}}
 
 
+def mllm_speedup(obj, seq: int = 384, repeats: int = 2) -> dict:
+    """One MLLM training step of the demo's LLM (fresh LoRA) on a packed row of 224² images:
+    features from the frozen tokenizer online (encoder + head) vs from stored codes
+    (`viq.eval.bench_mllm.measure`, medians after a warm-up)."""
+    from viq.eval.bench_mllm import make_batch, measure
+    from viq.supervision.text import TextSupervision
+
+    model = obj.model.eval().requires_grad_(False)
+    text = TextSupervision(obj.cfg.llm, model.cfg.encoder.width).train()
+    batch, images = make_batch(seq, 224)
+    codes = model.encode(images)
+    f_on, s_on = measure(model, text, batch, images, codes, "online", repeats)
+    f_st, s_st = measure(model, text, batch, images, codes, "stored", repeats)
+    return {"tokens per step": seq, "images per step": len(images),
+            "forward online (s)": f_on, "forward from codes (s)": f_st,
+            "step online (s)": s_on, "step from codes (s)": s_st,
+            "step speed-up (×)": s_on / s_st}
+
+
 def _photos(limit: int) -> list[Path]:
     """The photo bundled with viq, then the real photos of installed packages (viq data photos)."""
     from viq.data.bundled import bundled_photo
@@ -62,20 +81,27 @@ def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = Tru
     s1 = load_run(out / "stage1")
     rep, _ = evaluate(s1, test, "images", limit=plan.eval_limit, progress=progress)
     results["understanding"]["continuous (stage 1)"] = rep.to_dict()
+    rep, _ = evaluate(s1, test, "blind", limit=plan.eval_limit, progress=progress)
+    results["understanding"]["stage 1, blind: no image"] = rep.to_dict()
     del s1
     s22 = load_run(out / "stage2_2")
     for label, mode in (("quantized (stage 2-2, stored codes)", "codes"),
-                        ("blind: another sample's image", "shuffled"),
-                        ("blind: no image", "blind")):
+                        ("stage 2-2, blind: another sample's image", "shuffled"),
+                        ("stage 2-2, blind: no image", "blind")):
         rep, _ = evaluate(s22, test, mode, limit=plan.eval_limit,
                           codes=codes if mode == "codes" else None, progress=progress)
         results["understanding"][label] = rep.to_dict()
     u = results["understanding"]
     cont = u["continuous (stage 1)"]["overall"]["accuracy"]
     quant = u["quantized (stage 2-2, stored codes)"]["overall"]["accuracy"]
+    blind1 = u["stage 1, blind: no image"]["overall"]["accuracy"]
+    blind2 = max(u["stage 2-2, blind: no image"]["overall"]["accuracy"],
+                 u["stage 2-2, blind: another sample's image"]["overall"]["accuracy"])
+    keeps = (f"quantized keeps {100 * quant / cont:.0f} % of the continuous model's accuracy"
+             if cont else "the continuous model answered nothing right")
     results["understanding_note"] = (
-        f"quantized keeps {100 * quant / cont:.0f} % of the continuous model's accuracy"
-        if cont else "the continuous model answered nothing right")
+        f"{keeps}; what the image adds over the same model without it: continuous "
+        f"{100 * (cont - blind1):+.1f} points, quantized {100 * (quant - blind2):+.1f} points")
 
     figs = []
     test_images = sorted((data / "images").glob("*.png"))
@@ -99,6 +125,7 @@ def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = Tru
     counts = torch.bincount(torch.cat([c.codes.reshape(-1) for c in flat]), minlength=k)
     results["figures"]["usage"] = plot_usage(counts, out).name
     results["storage"] = _storage(flat, out)
+    results["speedup"] = mllm_speedup(s22)
     results["figures"]["losses"] = plot_losses({s: out / s for s in
                                                 ("stage1", "stage2_1", "stage2_2")}, out).name
     results["summary"] = (f"{len(flat)} test images as codes; understanding on "

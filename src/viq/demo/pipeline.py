@@ -9,7 +9,8 @@ Steps, each resumable (rerunning after an interruption continues; finished steps
 2. ``vae/``      a small diffusers AutoencoderKL trained on it (`viq.demo.vae`): the latent target
                  of L_recon and the decoder of reconstructions
 3. ``teacher/``  a miniature SigLIP: a small ViT trained sigmoid-contrastively against frozen
-                 MiniLM sentence embeddings (`viq.demo.teacher`): the distillation teacher
+                 MiniLM sentence embeddings (`viq.demo.teacher`): the distillation teacher,
+                 and the weights stage 1's student starts from (as the paper's from SigLIP2)
 4. ``stage1/`` → ``stage2_1/`` → ``stage2_2/``  the three ViQ stages through `viq.train` with
                  SmolLM2-135M-Instruct (LoRA), each starting from the previous one
 5. ``store/``    the test split's codes (``viq extract``)
@@ -32,10 +33,10 @@ from viq.config import override
 class DemoPlan:
     """How much of everything (``quick`` vs default)."""
 
-    synth_n: int = 600
-    vae_steps: int = 300  # ≈ 3 min on 2 idle cores, ~20.8 dB val PSNR (viq.demo.vae)
-    teacher_steps: int = 400  # ≈ 1.7 min, 3–5× chance retrieval (viq.demo.teacher)
-    steps: tuple[int, int, int] = (240, 80, 160)  # stage 1, 2-1, 2-2
+    synth_n: int = 1000  # 800 train / 100 val / 100 test: stage 1 sees each train sample once
+    vae_steps: int = 170  # ≈ 1.7 min on 2 idle cores (viq.demo.vae)
+    teacher_steps: int = 300  # ≈ 1.3 min, 3–5× chance retrieval (viq.demo.teacher)
+    steps: tuple[int, int, int] = (180, 50, 100)  # stage 1, 2-1, 2-2 (~1.7 s a step)
     eval_limit: int = 60  # test samples answered per condition (0 = all)
     recon_images: int = 12
     photos: int = 4
@@ -45,8 +46,8 @@ class DemoPlan:
     synth_max_side: int = 384
 
 
-QUICK = DemoPlan(synth_n=300, vae_steps=100, teacher_steps=200, steps=(80, 25, 50),
-                 eval_limit=40, recon_images=6, photos=2)
+QUICK = DemoPlan(synth_n=300, vae_steps=50, teacher_steps=120, steps=(50, 16, 30),
+                 eval_limit=30, recon_images=6, photos=2)
 STAGES = ("stage1", "stage2_1", "stage2_2")
 
 
@@ -83,6 +84,8 @@ def stage_config(name: str, out: Path, data: Path, plan: DemoPlan):
             f"llm.source={plan.llm}"]
     if i:
         sets.append(f"stage.init_from={out / STAGES[i - 1]}")
+    else:  # the student starts from the teacher, as the paper's starts from SigLIP2 (SPEC A2)
+        sets.append(f"stage.encoder_init={out / 'teacher'}")
     return override(cfg, sets)
 
 

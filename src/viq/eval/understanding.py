@@ -34,6 +34,7 @@ from viq.model.viq import ImageCodes
 from viq.train.checkpoint import list_checkpoints, load_weights
 from viq.train.config import TrainConfig
 from viq.train.objective import Objective
+from viq.train.stages import select_trainable
 
 Mode = Literal["images", "codes", "shuffled", "blind"]
 
@@ -56,6 +57,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Objective:
         raise ValueError(f"{run}: stage {cfg.stage.name!r} has no text loss, so no trained LLM "
                          "to answer questions")
     obj = Objective(cfg)
+    select_trainable(obj, cfg.stage)  # the run saved what it trained (+ the model)
     load_weights(obj, weights)
     if obj.text is not None:
         obj.text.merge_adapters()  # answers only: LoRA folded in, ~2× faster generation
