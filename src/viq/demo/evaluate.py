@@ -66,7 +66,11 @@ def _photos(limit: int) -> list[Path]:
     from viq.data.bundled import bundled_photo
     from viq.data.photos import bundled_photo_paths
 
-    found = [bundled_photo()] + list(bundled_photo_paths().values())
+    found, seen = [], set()
+    for path in [bundled_photo()] + list(bundled_photo_paths().values()):
+        if Path(path).stem not in seen:  # the bundled cat is also scikit-image's "chelsea"
+            seen.add(Path(path).stem)
+            found.append(path)
     return found[:limit]
 
 
