@@ -99,7 +99,7 @@ def test_calibrate_brings_image_tokens_to_the_llm_embedding_norm():
     before = proj.calibrate(feats, 3.0)
     x = proj.proj1(feats.tokens)
     pooled = torch.cat([proj.pooled(t, g).reshape(-1, 24)
-                        for t, g in zip(torch.split(x, feats.lengths), feats.grids)])
+                        for t, g in zip(torch.split(x, feats.lengths), feats.grids, strict=True)])
     assert before > 10 and pooled.norm(dim=-1).mean().item() == pytest.approx(3.0, rel=1e-4)
     assert [b.shape for b in proj(feats)] == [(image_token_count(g), 24) for g in feats.grids]
     for v in (proj.image_newline, proj.image_begin, proj.image_end):

@@ -231,7 +231,8 @@ class ViQHead(nn.Module):
                 lin.bias.copy_((lin.bias - out.mean(dim=0)) * scale)
                 lin.weight.mul_(scale[:, None])
             else:
-                scale = (target_last if name == self.FRESH_CHAIN[-1] else 1.0) / max(before[name], 1e-12)
+                target = target_last if name == self.FRESH_CHAIN[-1] else 1.0
+                scale = target / max(before[name], 1e-12)
                 lin.bias.mul_(scale)
                 lin.weight.mul_(scale)
         return before
