@@ -112,11 +112,7 @@ class ViQHead(nn.Module):
         if x.per_token != 1 or x.tokens.shape[-1] != self.width:
             raise ValueError(f"ViQHead: expected encoder tokens (N, {self.width}) with "
                              f"per_token=1, got {tuple(x.tokens.shape)} per_token={x.per_token}")
-        t = self.pre_norm(x.tokens)
-        for blk in self.preprocess_layers:
-            t = blk(t, x.lengths)
-        if self.cfg.layout == "paper":
-            t = apply_linear(self.bottleneck_in, t)
+        t = self._stage_input(x)
         if self.expanded:
             z = self._encode_slots(t, x.grids)
         else:
@@ -127,6 +123,16 @@ class ViQHead(nn.Module):
         else:
             t = q.values.to(z.dtype)
         return HeadOutput(x.replace(self._finish(t)), q.codes, q.stats, z)
+
+    def _stage_input(self, x: Packed) -> torch.Tensor:
+        """Encoder tokens → the input of the bound / expansion stage: LN, pre-blocks and, in the
+        paper layout, ``bottleneck_in`` (what stage 2-1's proximal bound acts on)."""
+        t = self.pre_norm(x.tokens)
+        for blk in self.preprocess_layers:
+            t = blk(t, x.lengths)
+        if self.cfg.layout == "paper":
+            t = apply_linear(self.bottleneck_in, t)
+        return t
 
     def _encode_slots(self, t: torch.Tensor, grids: Sequence[tuple[int, int]]) -> torch.Tensor:
         """(N, W) → quantizer input (S·N, q): expansion, head-wise attention, project_in."""
@@ -174,12 +180,7 @@ class ViQHead(nn.Module):
         """
         if not self.expanded:
             raise ValueError("calibrate_project_in: this head has no project_in (paper 2-1 layout)")
-        t = self.pre_norm(x.tokens)
-        for blk in self.preprocess_layers:
-            t = blk(t, x.lengths)
-        if self.cfg.layout == "paper":
-            t = apply_linear(self.bottleneck_in, t)
-        z = self._encode_slots(t, x.grids).float()
+        z = self._encode_slots(self._stage_input(x), x.grids).float()
         mean, std = z.mean(dim=0), z.std(dim=0).clamp_min(1e-12)
         scale = target_std / std
         w = self.project_in.weight
@@ -216,11 +217,8 @@ class ViQHead(nn.Module):
         if self.cfg.layout == "paper":
             from viq.quant import Proximal
 
-            t = self.pre_norm(x.tokens)
-            for blk in self.preprocess_layers:
-                t = blk(t, x.lengths)
-            bound = Proximal(self.stage_width, bound=self.cfg.bound).to(t.device)
-            target_last = float(bound(apply_linear(self.bottleneck_in, t).float()).values.std())
+            bound = Proximal(self.stage_width, bound=self.cfg.bound)
+            target_last = float(bound(self._stage_input(x).float()).values.std())
         before: dict[str, float] = {}
         for name in self.FRESH_CHAIN:
             lin = self.get_submodule(name)

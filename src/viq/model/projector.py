@@ -78,9 +78,14 @@ class Projector(nn.Module):
             x = img[0].permute(1, 2, 0)
         return self.proj2(F.gelu(self.pooler(x)))
 
-    def project_one(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """One image's projected patches (h·w, H) → its token block (tokens, H)."""
-        x = self.pooled(x, grid)  # (h', w', H)
+    def pooled_images(self, features: Packed) -> list[torch.Tensor]:
+        """Per image its pooled tokens (⌈h/2⌉, ⌈w/2⌉, H), before the marker vectors."""
+        x = self.proj1(features.tokens.to(self.dtype))  # one matmul over all images: (N, H)
+        return [self.pooled(t, g)
+                for t, g in zip(torch.split(x, features.lengths), features.grids, strict=True)]
+
+    def with_markers(self, x: torch.Tensor) -> torch.Tensor:
+        """One image's pooled tokens (h', w', H) → its token block (tokens, H)."""
         hp = x.shape[0]
         newline = self.image_newline.view(1, 1, -1).expand(hp, 1, -1)
         x = torch.cat([x, newline], dim=1).reshape(-1, self.llm_dim)  # (h'·(w'+1), H)
@@ -97,10 +102,8 @@ class Projector(nn.Module):
         so the LLM cannot process them like words and a small fine-tuning budget learns to
         ignore the image (the answer loss with blank images equalled the loss with the real
         ones)."""
-        x = self.proj1(features.tokens.to(self.dtype))
-        pooled = [self.pooled(t, g).reshape(-1, self.llm_dim)
-                  for t, g in zip(torch.split(x, features.lengths), features.grids, strict=True)]
-        before = float(torch.cat(pooled).float().norm(dim=-1).mean())
+        pooled = torch.cat([p.reshape(-1, self.llm_dim) for p in self.pooled_images(features)])
+        before = float(pooled.float().norm(dim=-1).mean())
         scale = target_norm / max(before, 1e-12)
         self.proj2.weight.mul_(scale)
         self.proj2.bias.mul_(scale)
@@ -118,6 +121,4 @@ class Projector(nn.Module):
         if features.tokens.shape[-1] != self.in_dim:
             raise ValueError(f"Projector: features have width {features.tokens.shape[-1]}, "
                              f"expected {self.in_dim}")
-        x = self.proj1(features.tokens.to(self.dtype))  # one matmul over all images: (N, H)
-        return [self.project_one(t, g)
-                for t, g in zip(torch.split(x, features.lengths), features.grids, strict=True)]
+        return [self.with_markers(x) for x in self.pooled_images(features)]
