@@ -1,5 +1,5 @@
 """Loading published weights into bf16 streams tensor by tensor (issue 8): the peak resident memory
-of the load, measured in a fresh subprocess, stays under 1.3× the bf16 model's size; the loaded
+of the load, measured in a fresh subprocess, stays under 1.2× the bf16 model's size; the loaded
 tensors equal the file's, cast; damaged or foreign files get a clear message."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def test_bf16_load_peak_memory_is_bounded(tmp_path):
     assert 150e6 < size < 450e6 and path.stat().st_size > 1.9 * size
     r = measure(path, "new", "bf16")
     load = r["peak_bytes"] - r["before_bytes"]
-    assert size <= load <= 1.3 * size, f"load used {load / 1e6:.0f} MB for {size / 1e6:.0f} MB"
+    assert size <= load <= 1.2 * size, f"load used {load / 1e6:.0f} MB for {size / 1e6:.0f} MB"
 
 
 def test_streamed_tensors_equal_the_file_cast(tmp_path):
@@ -37,6 +37,19 @@ def test_streamed_tensors_equal_the_file_cast(tmp_path):
         assert got.shape == v.shape and torch.equal(got, v.to(got.dtype)), k
         assert got.is_contiguous() or k == "t"
     assert torch.equal(pth.read("a"), state["a"]) and pth.read("a").dtype == torch.float32
+
+
+def test_cast_reads_in_chunks_equal_the_file(tmp_path, monkeypatch):
+    import viq.backends.torchfile as tf
+
+    monkeypatch.setattr(tf, "CHUNK_BYTES", 36)  # 9 fp32 values a chunk: many chunks, a ragged end
+    state = {"a": torch.randn(7, 13), "h": torch.randn(50, dtype=torch.float64)}
+    torch.save(state, tmp_path / "x.pth")
+    pth = open_pth(tmp_path / "x.pth")
+    for k, v in state.items():
+        got = pth.read(k, torch.bfloat16)
+        assert torch.equal(got, v.to(torch.bfloat16)), k
+    assert pth._scratch.numel() == 36
 
 
 def test_damaged_and_foreign_files_get_clear_messages(tmp_path):

@@ -3,7 +3,10 @@
 ``open_pth(path)`` unpickles only the names, shapes and dtypes (``torch.load(map_location="meta",
 weights_only=True)``, which also gives every storage's byte offset in the zip archive);
 ``PthFile.read(name, dtype, device)`` then reads one tensor's bytes with a plain file read and casts
-it. Peak memory is the tensors kept plus the largest single tensor in the file's dtype.
+it. A tensor that changes dtype is read and cast in chunks through one reused scratch buffer
+(`CHUNK_BYTES`), so peak memory is the tensors kept plus that buffer: no fp32 copy of a whole
+tensor is ever allocated and freed (freed buffers of varying sizes fragmented the allocator's
+heap: +15 % to +46 % over the bf16 model from run to run before, measured on the 16k layout).
 
 Why not ``torch.load(mmap=True)`` + a cast per tensor: every page read through a memory map stays
 in the process's resident set (file-backed, but counted in RSS and ``ru_maxrss``) until the map is
@@ -30,6 +33,7 @@ import torch
 
 # the pickled magic number at the start of a pre-1.6 (non-zip) torch.save file
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+CHUNK_BYTES = 4 << 20  # scratch for reading a tensor that is cast (4 MiB)
 
 
 def _refuse(path: Path, e: Exception) -> ValueError:
@@ -86,6 +90,7 @@ class PthFile:
     meta: dict[str, torch.Tensor]
     _entries: dict[int, int] | None = None
     _mapped: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    _scratch: torch.Tensor | None = field(default=None, repr=False)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.meta.values())
@@ -122,11 +127,28 @@ class PthFile:
             out = torch.empty(t.shape, dtype=dtype)  # read straight into the result
             self._read_into(out.view(-1).view(torch.uint8), off, name)
             return out
+        if whole:  # chunk by chunk through the scratch buffer, cast into the result
+            return self._read_cast(t, off, name, dtype, device)
         raw = torch.empty(nbytes, dtype=torch.uint8)
         self._read_into(raw, off, name)
         # the storage's bytes viewed as the stored tensor (any strides), then one cast/copy
         src = raw.view(t.dtype).as_strided(t.shape, t.stride(), t.storage_offset())
         return src.to(device=device, dtype=dtype, copy=True)
+
+    def _read_cast(self, t: torch.Tensor, offset: int, name: str, dtype: torch.dtype,
+                   device: str | torch.device) -> torch.Tensor:
+        if self._scratch is None:
+            self._scratch = torch.empty(CHUNK_BYTES, dtype=torch.uint8)
+        out = torch.empty(t.shape, dtype=dtype, device=device)
+        flat = out.view(-1)
+        size = t.element_size()
+        per = max(1, CHUNK_BYTES // size)  # elements per chunk
+        for start in range(0, t.numel(), per):
+            n = min(per, t.numel() - start)
+            buf = self._scratch[:n * size]
+            self._read_into(buf, offset + start * size, name)
+            flat[start:start + n].copy_(buf.view(t.dtype))
+        return out
 
     def _read_into(self, buf: torch.Tensor, offset: int, name: str) -> None:
         view = memoryview(buf.numpy()).cast("B")
