@@ -186,3 +186,23 @@ def test_a_run_that_froze_the_adapters_loads_for_answers(tmp_path):
     obj = load_run(tmp_path / "run")
     rep, preds = evaluate(obj, tmp_path / "run" / "data" / "val.json", "images", limit=2)
     assert rep.overall.n == 2 and len(preds) == 2
+
+
+def test_a_training_set_without_one_usable_sample_stops_with_the_first_reason(tmp_path, capsys):
+    """Every image missing: the stream yields only empty batches carrying the bad records; the
+    run stops with one clear line (it used to crash in backward on a loss without a graph)."""
+    from viq.cli.main import main
+
+    data = tmp_path / "bad"
+    data.mkdir()
+    rows = [{"id": f"s{i}", "image": f"images/missing{i}.png",
+             "conversations": [{"from": "human", "value": "<image>\nWhat colour?"},
+                               {"from": "gpt", "value": "red"}]} for i in range(3)]
+    (data / "train.json").write_text(json.dumps(rows))
+    args = ["train", "--preset", "tiny_stage1", "--out-dir", str(tmp_path / "r"), "--quiet",
+            "--set", f"data.train={data / 'train.json'}", "--set", "data.val=",
+            "--set", "run.steps=2", "--set", "run.tensorboard=false"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a whole epoch without one usable sample" in err[0], err
+    assert "3 bad samples" in err[0] and "missing" in err[0]

@@ -70,6 +70,7 @@ class TrainData:
                                      patch=cfg.model.encoder.patch_size, rank=rank, world=world)
         self.stream = DataStream(self.dataset, num_workers=cfg.data.workers)
         self.val_path, self.tokenizer, self.rank, self.world = val_path, tokenizer, rank, world
+        self.train_path = train_path
         self._iter: Iterator[Batch] | None = None
 
     def set_max_pixels(self, max_pixels: int | None) -> bool:
@@ -84,10 +85,27 @@ class TrainData:
         return True
 
     def next(self) -> Batch:
-        """The next batch (endless: epochs follow each other)."""
+        """The next batch with at least one sample (endless: epochs follow each other).
+
+        A consumer whose share of an epoch held only bad samples yields an empty batch that
+        carries their records; it is passed over (the records are kept by the stream). When
+        every consumer went a whole epoch without a usable sample, the data cannot train:
+        ``ValueError`` naming the file and the first bad sample."""
         if self._iter is None:
             self._iter = iter(self.stream)
-        return next(self._iter)
+        empty = 0
+        while True:
+            batch = next(self._iter)
+            if batch.num_samples:
+                return batch
+            empty += 1
+            if empty > 2 * max(1, self.stream.num_workers):
+                records = self.stream.policy.records
+                first = (records[0].message.split(" To skip bad samples")[0] if records
+                         else "no sample fits data.loader.max_tokens")
+                keys = len({(r.source, r.key) for r in records})
+                raise ValueError(f"data.train {self.train_path}: a whole epoch without one usable "
+                                 f"sample ({keys} bad samples); the first: {first}")
 
     def state_dict(self) -> dict:
         return self.stream.state_dict()
