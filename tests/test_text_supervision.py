@@ -217,3 +217,42 @@ def test_smollm2_lora_two_steps():
     prompt = tokenize_prompt(sup.tokenizer, "<image>\nWhat is it?", [(2, 2)])
     out = sup.generate(Packed(feats.tokens[:4], ((2, 2),)), [prompt], max_new_tokens=4)
     assert isinstance(out[0], str)
+
+
+def test_keep_layers_cuts_the_lm_and_generation_still_matches():
+    """``llm.keep_layers``: the kept layers run in order (the cut LM equals running those
+    layers of the full one by hand), the KV cache follows the new numbering, bad indices are
+    named."""
+    torch.manual_seed(0)
+    cfg = LLMConfig(adapter="none", layers=4)
+    full = TextSupervision(cfg, feature_dim=32).eval()
+    torch.manual_seed(0)
+    cut = TextSupervision(override(cfg, ["keep_layers=[0,3]"]), feature_dim=32).eval()
+    assert len(cut.llm.model.layers) == 2 and cut.llm.config.num_hidden_layers == 2
+    for a, b in zip(cut.llm.model.layers, [full.llm.model.layers[i] for i in (0, 3)],
+                    strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                     b.state_dict().values(), strict=True))
+    ids = torch.tensor([cut.tokenizer.encode("a red square on the left")])
+    with torch.no_grad():  # the reference: layers 0 and 3 of the full LM, by hand
+        base = full.llm.model
+        h = base.embed_tokens(ids)
+        pos = torch.arange(ids.shape[1])[None]
+        rope = base.rotary_emb(h, pos)
+        mask = torch.full((ids.shape[1],) * 2, float("-inf")).triu(1)[None, None]
+        for i in (0, 3):
+            h = base.layers[i](h, attention_mask=mask, position_ids=pos,
+                               position_embeddings=rope)
+            h = h[0] if isinstance(h, tuple) else h
+        want = full.llm.lm_head(base.norm(h))
+        got = cut.llm(ids).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    prompt = tokenize_prompt(cut.tokenizer, "Say hi.")
+    out = cut.generate(None, [prompt], max_new_tokens=4)
+    with torch.no_grad():
+        emb = cut.llm.get_input_embeddings()(torch.tensor([prompt.input_ids]))
+        assert out[0] == greedy_without_cache(cut, emb, cut._stop_ids(), 4)
+    with pytest.raises(ValueError, match="out of range"):
+        TextSupervision(override(cfg, ["keep_layers=[0,4]"]), feature_dim=32)
+    with pytest.raises(ValueError, match="'llm.keep_layers'"):
+        override(cfg, ["keep_layers=[1,1]"])

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -144,6 +145,32 @@ def tiny_qwen2(vocab_size: int, hidden: int = 32, layers: int = 2, heads: int = 
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(cfg)
     return model.eval()
+
+
+def keep_layers(model, keep: Sequence[int]):
+    """Keep only the decoder layers ``keep`` (indices, in order) of a Hugging Face decoder-only
+    LM, in place; the embeddings, final norm and LM head stay. Empty ``keep``: unchanged.
+    Returns ``model``."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:
+        raise ValueError(f"llm.keep_layers: {type(model).__name__} has no model.layers (a "
+                         "decoder-only LM such as Llama/Qwen2 is expected)")
+    if not keep:
+        return model
+    bad = [i for i in keep if not 0 <= i < len(layers)]
+    if bad:
+        raise ValueError(f"llm.keep_layers: {bad} out of range: the LM has {len(layers)} layers "
+                         f"(0..{len(layers) - 1})")
+    model.model.layers = torch.nn.ModuleList(layers[i] for i in keep)
+    for j, layer in enumerate(model.model.layers):
+        attn = getattr(layer, "self_attn", None)
+        if attn is not None and hasattr(attn, "layer_idx"):
+            attn.layer_idx = j  # the KV cache slot of generation
+    types = getattr(model.config, "layer_types", None)
+    if isinstance(types, list) and len(types) == len(layers):
+        model.config.layer_types = [types[i] for i in keep]
+    model.config.num_hidden_layers = len(keep)
+    return model
 
 
 def load_tokenizer(path_or_name: str | Path):

@@ -40,7 +40,11 @@ class LLMConfig:
     folder (model + tokenizer). ``adapter``: ``lora`` (paper), ``dora`` (release), ``none`` (frozen
     LLM: only the projector trains) or ``full`` (every LLM weight trains). ``rank``/``alpha``/
     ``dropout`` default to the release's r=64, α=16, 0.05; ``targets`` are leaf module names.
-    ``dtype``: the LLM's (and projector's) parameter dtype.
+    ``dtype``: the LLM's (and projector's) parameter dtype. ``keep_layers``: the indices of the
+    decoder layers to keep, in order (empty = all). A pretrained LM without its middle layers
+    costs N/L of the compute per token and keeps its first layers (token features) and last ones
+    (what the final norm and LM head expect); the demo keeps 10 of SmolLM2's 30 to see ~3× more
+    samples on a CPU (docs/demo.md); the paper's runs keep every layer.
     """
 
     source: str = "tiny"
@@ -55,6 +59,7 @@ class LLMConfig:
     heads: int = 4  # tiny only
     kv_heads: int = 2  # tiny only
     seed: int = 0  # tiny weights (adapters are initialised from the global RNG as peft does)
+    keep_layers: tuple[int, ...] = ()  # () = every decoder layer
 
     def __post_init__(self) -> None:
         _check(bool(self.source), "llm.source",
@@ -74,6 +79,9 @@ class LLMConfig:
                f"hidden {self.hidden} must be divisible by heads {self.heads}")
         _check(self.kv_heads > 0 and self.heads % self.kv_heads == 0, "llm.kv_heads",
                f"heads {self.heads} must be divisible by kv_heads {self.kv_heads}")
+        _check(all(i >= 0 for i in self.keep_layers) and
+               len(set(self.keep_layers)) == len(self.keep_layers), "llm.keep_layers",
+               f"must be distinct layer indices >= 0, got {list(self.keep_layers)}")
 
 
 @dataclass(frozen=True)

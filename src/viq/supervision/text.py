@@ -81,6 +81,9 @@ def build_llm(cfg: LLMConfig, meta: bool = False) -> tuple[nn.Module, Any]:
         model, tok = meta_llm(cfg), None
     else:
         model, tok = _load_base(cfg)
+    from viq.backends.llm import keep_layers
+
+    keep_layers(model, cfg.keep_layers)
     # packing needs a pad id; padded positions carry label -100
     if tok is not None and tok.pad_token is None:
         tok.pad_token = tok.eos_token
