@@ -36,7 +36,8 @@ def test_layout_and_parameter_names():
         "proj2.bias": (16,), "pooler.predictor.0.weight": (16, 32),
         "pooler.predictor.0.bias": (16,), "pooler.predictor.2.weight": (16, 16),
         "pooler.predictor.2.bias": (16,), "image_newline": (16,), "image_begin": (16,),
-        "image_end": (16,)}
+        "image_end": (16,), "out_gain": (1,)}  # out_gain: ours, 1 = the release's projector
+    assert proj.out_gain.item() == 1.0
     out = proj(_feats([(4, 6)]))[0]  # pooled grid 2×3 → 2 rows of (3 + newline), begin/end
     assert torch.equal(out[0], proj.image_begin) and torch.equal(out[-1], proj.image_end)
     rows = out[1:-1].reshape(2, 4, 16)
@@ -95,8 +96,12 @@ def test_dtype_follows_parameters():
 def test_calibrate_brings_image_tokens_to_the_llm_embedding_norm():
     torch.manual_seed(0)
     proj = Projector(32, 24)
+    w2 = proj.proj2.weight.clone()
     feats = Packed(_feats([(4, 6), (3, 5)]).tokens * 30 + 5, ((4, 6), (3, 5)))
     before = proj.calibrate(feats, 3.0)
+    # the scale lives in the scalar gain: proj2 keeps its default scale, so Adam's ~lr-sized
+    # steps stay small relative to its weights
+    assert torch.equal(proj.proj2.weight, w2) and proj.out_gain.item() < 0.5
     x = proj.proj1(feats.tokens)
     pooled = torch.cat([proj.pooled(t, g).reshape(-1, 24)
                         for t, g in zip(torch.split(x, feats.lengths), feats.grids, strict=True)])
