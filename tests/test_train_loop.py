@@ -186,6 +186,21 @@ def test_a_run_that_froze_the_adapters_loads_for_answers(tmp_path):
     obj = load_run(tmp_path / "run")
     rep, preds = evaluate(obj, tmp_path / "run" / "data" / "val.json", "images", limit=2)
     assert rep.overall.n == 2 and len(preds) == 2
+    # the next stage starts from it: the adapters it never trained start fresh (they were
+    # "lacks N entries" before), everything it trained is loaded
+    data = tmp_path / "run" / "data"
+    nxt = override(get_run("tiny_stage2_1"), ["run.steps=1", "run.tensorboard=false",
+                                              f"stage.init_from={tmp_path / 'run'}",
+                                              f"data.train={data / 'train.json'}"])
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "run" / "final" / "weights.safetensors"))
+    assert not any("lora_" in k for k in saved)
+    t = Trainer(nxt, tmp_path / "s21", progress=False)
+    t.setup()
+    w = "text.projector.proj1.weight"
+    assert torch.equal(t.obj.state_dict()[w], saved[w])
+    assert Trainer(nxt, tmp_path / "s21b", progress=False).run().step == 1
 
 
 def test_a_training_set_without_one_usable_sample_stops_with_the_first_reason(tmp_path, capsys):

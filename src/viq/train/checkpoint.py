@@ -178,6 +178,26 @@ def load_checkpoint(folder: Path, module: nn.Module,
     return state
 
 
+def untrained_by_source(module: nn.Module, weights: Path) -> tuple[str, ...]:
+    """Names of ``module``'s entries that the run which wrote ``weights`` did not train (so did
+    not save): outside ``model.*`` and not selected by its stage's patterns, e.g. the LLM
+    adapters of a stage 1 that froze them. Empty when the run's config is not beside the file."""
+    from viq.config import load_json
+    from viq.train.config import TrainConfig
+
+    folder = weights.parent
+    cfg_file = next((c for c in (folder / "train_config.json", folder.parent.parent / "config.json")
+                     if c.is_file()), None)
+    if cfg_file is None:
+        return ()
+    try:
+        stage = load_json(TrainConfig, cfg_file).stage
+    except (ValueError, KeyError, TypeError):
+        return ()
+    return tuple(n for n, _ in module.named_parameters() if not n.startswith("model.")
+                 and (not matches(n, stage.trainable) or matches(n, stage.frozen)))
+
+
 def resolve_init(path: str) -> Path:
     """``stage.init_from`` → a weights file: a run folder (its newest checkpoint, or its
     ``final/`` export), a checkpoint folder, or a ``weights.safetensors`` file."""

@@ -146,8 +146,10 @@ class Trainer:
             self._say(f"resumed from {found[-1]} at step {self.step}")
         elif cfg.stage.init_from:
             path = ckpt.resolve_init(cfg.stage.init_from)
+            # what the previous run did not train (e.g. adapters it froze) starts fresh here
+            allow = cfg.stage.allow_missing + ckpt.untrained_by_source(self.obj, path)
             with dist.full_tensor_loads(cfg.run.dist):
-                fresh = ckpt.load_weights(self.obj, path, cfg.stage.allow_missing)
+                fresh = ckpt.load_weights(self.obj, path, allow)
             self._say(f"initialised from {path} ({len(fresh)} entries fresh: "
                       f"{', '.join(sorted({'.'.join(n.split('.')[:3]) for n in fresh})) or '-'})")
         elif cfg.stage.encoder_init:
