@@ -129,6 +129,18 @@ def test_bad_samples_skip_counts_and_lists(tmp_path, tok, workers):
     assert all(x["source"].startswith(str(path)) and "fix:" in x["message"] for x in lines)
 
 
+def test_bad_samples_are_listed_once_over_epochs_and_resume(tmp_path, tok):
+    path, expect = _bad_dataset(tmp_path)
+    cfg = DataConfig(max_tokens=256, bad_samples="skip", shuffle=True)
+    stream = DataStream(PackedDataset(open_source(path, cfg=cfg), tok, IMG, cfg, epochs=3))
+    assert sorted(_keys(stream)) == ["good1"] * 3 + ["good2"] * 3
+    assert sorted(r.key for r in stream.policy.records) == sorted(expect)
+    again = DataStream(PackedDataset(open_source(path, cfg=cfg), tok, IMG, cfg, epochs=4))
+    again.load_state_dict(stream.state_dict())  # resumed after 3 epochs: the 4th adds nothing
+    assert sorted(_keys(again)) == ["good1", "good2"]
+    assert sorted(r.key for r in again.policy.records) == sorted(expect)
+
+
 @pytest.mark.parametrize("key, reason", [("missing", "missing_image"),
                                          ("unreadable", "unreadable_image"),
                                          ("mismatch", "image_count_mismatch"),

@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     loss = last.get("loss")
     print(f"viq train: {cfg.stage.name} step {result.step}/{cfg.run.steps}"
           + (f", loss {loss:.4f}" if isinstance(loss, float) else "")
+          + (f", {result.bad_samples} bad samples skipped (bad_samples.jsonl)"
+             if result.bad_samples else "")
           + (", stopped (resume with --resume)" if result.stopped else "")
           + f" -> {args.out_dir}")
     return 0

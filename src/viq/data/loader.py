@@ -301,6 +301,7 @@ class DataStream:
         self.consumers = dataset.world * max(1, num_workers)
         self.positions: dict[int, tuple[int, int]] = dict(dataset.start)
         self.policy = BadSamplePolicy(dataset.cfg.bad_samples)
+        self._seen: set[tuple[str, str]] = set()  # (source, key): each bad sample listed once
         self.batches = 0
 
     def __iter__(self) -> Iterator[Batch]:
@@ -315,8 +316,15 @@ class DataStream:
         for batch in loader:
             self.positions[batch.consumer] = (batch.epoch, batch.position)
             self.batches += 1
-            self.policy.extend(batch.bad)
+            self._record(batch.bad)
             yield batch
+
+    def _record(self, records: list[BadSample]) -> None:
+        """Keep the bad samples not listed yet: every epoch meets them again, and the list (also
+        saved in each checkpoint) must not grow with the epochs."""
+        new = [r for r in records if (r.source, r.key) not in self._seen]
+        self._seen.update((r.source, r.key) for r in new)
+        self.policy.extend(new)
 
     def state_dict(self) -> dict:
         return {"consumers": self.consumers, "batches": self.batches,
@@ -331,6 +339,7 @@ class DataStream:
         self.positions = {int(c): (int(e), int(p)) for c, (e, p) in state["positions"].items()}
         self.batches = int(state.get("batches", 0))
         self.policy.records = [BadSample(**r) for r in state.get("bad_samples", [])]
+        self._seen = {(r.source, r.key) for r in self.policy.records}
 
     def write_bad_samples(self, path: str | Path) -> Path:
         """Write ``bad_samples.jsonl`` (call at the end of a run)."""

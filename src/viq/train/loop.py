@@ -60,6 +60,7 @@ class TrainResult:
     last: dict = field(default_factory=dict)  # the last train metrics record
     nonfinite: int = 0
     is_main: bool = True  # rank 0 (the rank that reports)
+    bad_samples: int = 0  # distinct samples skipped by the bad-sample policy (bad_samples.jsonl)
 
 
 class Trainer:
@@ -370,7 +371,7 @@ class Trainer:
         if self.info.is_main and not stopped:
             self.data.stream.write_bad_samples(self.out / "bad_samples.jsonl")
         return TrainResult(self.out, self.step, stopped, last, self.nonfinite_total,
-                           self.info.is_main)
+                           self.info.is_main, self.data.stream.policy.count)
 
 
 def dist_save(trainer: Trainer, state: dict) -> Path:
