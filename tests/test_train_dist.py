@@ -81,6 +81,21 @@ def single(tmp_path_factory) -> dict[int, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["ddp", "fsdp2"])
+def test_accumulation_syncs_once_and_matches_single_process(tmp_path, kind):
+    """2 ranks × 2 micro-batches (gradients reduced only after the second: DDP ``no_sync``,
+    FSDP2 ``set_requires_gradient_sync``) = one process × 4 micro-batches: step k of rank r sees
+    samples 4k + r and 4k + r + 2, the single process 4k … 4k + 3."""
+    ref = tmp_path / "single4"
+    train(override(get_run("tiny_stage1"), SAME_BATCH + ["run.steps=2", "run.grad_accum=4",
+                                                         "run.export=false"]), ref, progress=False)
+    out = tmp_path / kind
+    torchrun(out, SAME_BATCH + [f"run.dist={kind}", "run.steps=2", "run.grad_accum=2",
+                                "run.export=false"])
+    assert_close(losses(out), losses(ref), (1, 2), rel=1e-5)
+
+
+@pytest.mark.slow
 def test_ddp_matches_single_process(tmp_path, single):
     out = tmp_path / "ddp"
     torchrun(out, SAME_BATCH + ["run.dist=ddp", f"run.steps={STEPS}", "run.export=false"])

@@ -115,10 +115,11 @@ class TrainData:
         self._iter = None
 
     def sample_batch(self) -> Batch | None:
-        """The first training batch of a separate pass (the stream's position is untouched)."""
+        """The first batch of the whole training set (as one process would see it, on every
+        rank) in a separate pass: the stream's position is untouched."""
         ds = PackedDataset(self.dataset.source, self.tokenizer, self.dataset.image_cfg,
                            self.cfg.data.loader, patch=self.cfg.model.encoder.patch_size,
-                           rank=self.rank, world=self.world, epochs=1)
+                           rank=0, world=1, epochs=1)
         return next((b for b in ds if b.num_samples), None)
 
     def val_batches(self, n: int) -> list[Batch]:

@@ -131,6 +131,18 @@ def full_tensor_loads(kind: str):
     return implicit_replication()
 
 
+def grad_sync(net: nn.Module, kind: str, sync: bool):
+    """A context for one micro-batch's forward + backward: with ``sync=False`` (every
+    micro-batch of a step but the last) DDP keeps the gradients local (``no_sync``) and FSDP2
+    skips its reduce-scatter (``set_requires_gradient_sync``); the last micro-batch reduces the
+    accumulated sum once. The gradients are the same, the communication 1/``grad_accum``."""
+    if kind == "ddp" and not sync:
+        return net.no_sync()
+    if kind == "fsdp2":
+        net.set_requires_gradient_sync(sync)
+    return contextlib.nullcontext()
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     return module.module if hasattr(module, "module") and isinstance(
         module, nn.parallel.DistributedDataParallel) else module

@@ -99,6 +99,15 @@ class Trainer:
 
             enc = self.obj.model.encoder
             enc.cfg = dataclasses.replace(enc.cfg, checkpointing=True)
+        train_path, val_path = resolve_paths(cfg, self.out, self.info.is_main,
+                                             lambda: dist.barrier(self.info))
+        self.data = TrainData(cfg, self.obj.tokenizer, train_path, val_path, self.info.rank,
+                              self.info.world)
+        self.step = 0
+        self.fp = run_fingerprint(cfg)
+        found = ckpt.list_checkpoints(self.out / "checkpoints") if self.resume else []
+        if not found:  # on the plain module, before DDP/FSDP2 wrap it
+            self._initial_weights()
         sharded = cfg.run.dist == "fsdp2"
         if sharded:  # FSDP2 swaps in sharded parameters: wrap before the optimizer sees them
             self.net = dist.wrap(self.obj, cfg.run.dist, self.device)
@@ -109,13 +118,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, betas=o.betas, eps=o.eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, o.warmup_steps, cfg.run.steps, o.min_lr_ratio))
-        train_path, val_path = resolve_paths(cfg, self.out, self.info.is_main,
-                                             lambda: dist.barrier(self.info))
-        self.data = TrainData(cfg, self.obj.tokenizer, train_path, val_path, self.info.rank,
-                              self.info.world)
-        self.step = 0
-        self.fp = run_fingerprint(cfg)
-        self._start_weights(len(trainable))
+        if found:
+            self._resume_from(found[-1])
+        self._say(f"{cfg.stage.name}: {len(trainable)} trainable tensors\n"
+                  f"{trainable_table(self.obj)}")
         if not sharded:
             self.net = dist.wrap(self.obj, cfg.run.dist, self.device)
         self.metrics = MetricsWriter(self.out, self.info.is_main, cfg.run.tensorboard)
@@ -124,46 +130,46 @@ class Trainer:
         if self.info.is_main:
             save_json(cfg, self.out / "config.json")
 
-    def _start_weights(self, n_trainable: int) -> None:
+    def _resume_from(self, folder: Path) -> None:
+        """Weights, optimizer, scheduler, data position and RNG of a checkpoint of this run."""
         cfg = self.cfg
-        found = ckpt.list_checkpoints(self.out / "checkpoints") if self.resume else []
-        fresh: list[str] = []
-        if found:
-            state = ckpt.read_state(found[-1])
-            if state.get("fingerprint") != self.fp:
-                raise ValueError(f"{found[-1]}: written by another configuration (fingerprint "
-                                 f"{state.get('fingerprint')} vs {self.fp}); resume with the "
-                                 "run's own config.json or start a new --out-dir")
-            if cfg.run.dist == "fsdp2":
-                from viq.train.sharded import load_sharded
+        state = ckpt.read_state(folder)
+        if state.get("fingerprint") != self.fp:
+            raise ValueError(f"{folder}: written by another configuration (fingerprint "
+                             f"{state.get('fingerprint')} vs {self.fp}); resume with the "
+                             "run's own config.json or start a new --out-dir")
+        if cfg.run.dist == "fsdp2":
+            from viq.train.sharded import load_sharded
 
-                state = load_sharded(self, found[-1])
-            else:
-                state = ckpt.load_checkpoint(found[-1], self.obj, self.optimizer)
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.data.load_state_dict(state["data"])
-            self.step = int(state["step"])
-            self.nonfinite_total = int(state.get("nonfinite_total", 0))
-            self._say(f"resumed from {found[-1]} at step {self.step}")
-        elif cfg.stage.init_from:
+            state = load_sharded(self, folder)
+        else:
+            state = ckpt.load_checkpoint(folder, self.obj, self.optimizer)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.data.load_state_dict(state["data"])
+        self.step = int(state["step"])
+        self.nonfinite_total = int(state.get("nonfinite_total", 0))
+        self._say(f"resumed from {folder} at step {self.step}")
+
+    def _initial_weights(self) -> None:
+        """A fresh start: ``stage.init_from`` or ``stage.encoder_init``, then the calibration of
+        what starts fresh. Runs on the plain module before DDP/FSDP2 wrap it (every rank does
+        the same, on the same data: see `_calibrate`)."""
+        cfg = self.cfg
+        fresh: list[str] = []
+        if cfg.stage.init_from:
             path = ckpt.resolve_init(cfg.stage.init_from)
             # what the previous run did not train (e.g. adapters it froze) starts fresh here
             allow = cfg.stage.allow_missing + ckpt.untrained_by_source(self.obj, path)
-            with dist.full_tensor_loads(cfg.run.dist):
-                fresh = ckpt.load_weights(self.obj, path, allow)
+            fresh = ckpt.load_weights(self.obj, path, allow)
             self._say(f"initialised from {path} ({len(fresh)} entries fresh: "
                       f"{', '.join(sorted({'.'.join(n.split('.')[:3]) for n in fresh})) or '-'})")
         elif cfg.stage.encoder_init:
             from viq.train.encoder_init import init_encoder
 
-            with dist.full_tensor_loads(cfg.run.dist):
-                self._say(init_encoder(self.obj.model.encoder, cfg.stage.encoder_init))
-        if not found and not cfg.stage.init_from and self.resume:
+            self._say(init_encoder(self.obj.model.encoder, cfg.stage.encoder_init))
+        if not cfg.stage.init_from and self.resume:
             self._say(f"--resume: no checkpoint in {self.out / 'checkpoints'}; starting fresh")
-        if not found:
-            self._calibrate(fresh if cfg.stage.init_from else None)
-        self._say(f"{cfg.stage.name}: {n_trainable} trainable tensors\n"
-                  f"{trainable_table(self.obj)}")
+        self._calibrate(fresh if cfg.stage.init_from else None)
 
     @torch.no_grad()
     def _calibrate(self, fresh: list[str] | None) -> None:
@@ -171,14 +177,16 @@ class Trainer:
         a fresh quantization path squeezes every token onto one code (`ViQHead.calibrate_fresh`)
         and a fresh projector hands the LLM tokens far off its embedding scale
         (`Projector.calibrate`). Runs at a fresh start only (a resumed run loads the calibrated
-        weights); draws no RNG; skipped under FSDP2 (sharded parameters)."""
+        weights), before DDP/FSDP2 wrap the module; draws no RNG. Its batch is the first of the
+        whole training set (`TrainData.sample_batch`), the same on every rank, so every rank
+        calibrates alike (FSDP2 then keeps each rank's slice)."""
         def new(prefix: str) -> bool:
             return fresh is None or any(n.startswith(prefix) for n in fresh)
 
         head, text = self.obj.model.head, getattr(self.obj, "text", None)
         todo_head = head.has_codes and new("model.head.project_in.")
         todo_proj = text is not None and new("text.projector.")
-        if not (todo_head or todo_proj) or self.cfg.run.dist == "fsdp2":
+        if not (todo_head or todo_proj):
             return
         batch = self.data.sample_batch()
         if batch is None or not batch.images or self.cfg.stage.features == "codes":
@@ -221,17 +229,19 @@ class Trainer:
         terms: dict[str, float] = {}
         stats: dict[str, float] = {}
         total, tokens, finite = 0.0, 0, True
-        for _ in range(cfg.run.grad_accum):
+        for i in range(cfg.run.grad_accum):
             batch = self.data.next()
-            out = self.compute(batch)
-            loss = out.total / cfg.run.grad_accum
-            if not torch.isfinite(loss.detach()):
-                finite = False
-                if not self.info.active:
-                    break
-                # DDP/FSDP2: every rank must run the same backward collectives; the NaN
-                # gradients are dropped below once any_flag has told every rank
-            loss.backward()
+            # DDP/FSDP2 reduce the gradients once, after the step's last micro-batch
+            with dist.grad_sync(self.net, cfg.run.dist, sync=i == cfg.run.grad_accum - 1):
+                out = self.compute(batch)
+                loss = out.total / cfg.run.grad_accum
+                if not torch.isfinite(loss.detach()):
+                    finite = False
+                    if not self.info.active:
+                        break
+                    # DDP/FSDP2: every rank must run the same backward collectives; the NaN
+                    # gradients are dropped below once any_flag has told every rank
+                loss.backward()
             total += float(loss.detach())
             for k, v in out.terms.items():
                 terms[k] = terms.get(k, 0.0) + float(v.detach()) / cfg.run.grad_accum
