@@ -221,3 +221,29 @@ def test_a_training_set_without_one_usable_sample_stops_with_the_first_reason(tm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "a whole epoch without one usable sample" in err[0], err
     assert "3 bad samples" in err[0] and "missing" in err[0]
+
+
+def test_runs_written_before_the_projector_gain_still_load(tmp_path):
+    """A checkpoint without ``text.projector.out_gain`` (runs written before it existed, whose
+    scale was inside proj2) loads with the gain at 1 and is not recalibrated as if fresh."""
+    from safetensors.torch import load_file, save_file
+
+    from viq.eval.understanding import load_run
+
+    cfg = override(get_run("tiny_stage1"), ["run.steps=1", "run.tensorboard=false"])
+    train(cfg, tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "final" / "weights.safetensors"
+    state = load_file(str(path))
+    assert state.pop("text.projector.out_gain").item() != 1.0  # calibrated at the start
+    save_file(state, str(path))
+    obj = load_run(tmp_path / "run")
+    assert obj.text.projector.out_gain.item() == 1.0
+    data = tmp_path / "run" / "data"
+    nxt = override(get_run("tiny_stage2_1"), ["run.steps=1", "run.tensorboard=false",
+                                              f"stage.init_from={tmp_path / 'run'}",
+                                              f"data.train={data / 'train.json'}"])
+    t = Trainer(nxt, tmp_path / "s21", progress=False)
+    t.setup()
+    proj = t.obj.text.projector
+    assert proj.out_gain.item() == 1.0
+    assert torch.equal(proj.proj2.weight, state["text.projector.proj2.weight"])

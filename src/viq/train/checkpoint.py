@@ -134,6 +134,11 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
                          "previous one") from None
 
 
+# entries added after runs were already written, whose initial value reproduces those runs
+# exactly: a checkpoint without them loads, and they keep that value
+LATER_ADDITIONS = ("text.projector.out_gain",)  # 1: the scale was inside proj2 before
+
+
 def load_weights(module: nn.Module, path: Path, allow_missing: tuple[str, ...] = (),
                  strict_saved: bool = True) -> list[str]:
     """Load a checkpoint's weights into ``module``; returns the names that stayed fresh.
@@ -145,6 +150,7 @@ def load_weights(module: nn.Module, path: Path, allow_missing: tuple[str, ...] =
     own = module.state_dict()
     wanted = saved_names(module) if strict_saved else set(own)
     missing = sorted(n for n in wanted if n not in state and n in own)
+    missing = [n for n in missing if not matches(n, LATER_ADDITIONS)]  # not "fresh": kept as built
     fresh = [n for n in missing if matches(n, allow_missing)]
     bad = [n for n in missing if n not in fresh]
     if bad:
