@@ -151,12 +151,12 @@ def keep_layers(model, keep: Sequence[int]):
     """Keep only the decoder layers ``keep`` (indices, in order) of a Hugging Face decoder-only
     LM, in place; the embeddings, final norm and LM head stay. Empty ``keep``: unchanged.
     Returns ``model``."""
+    if not keep:
+        return model
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None:
         raise ValueError(f"llm.keep_layers: {type(model).__name__} has no model.layers (a "
                          "decoder-only LM such as Llama/Qwen2 is expected)")
-    if not keep:
-        return model
     bad = [i for i in keep if not 0 <= i < len(layers)]
     if bad:
         raise ValueError(f"llm.keep_layers: {bad} out of range: the LM has {len(layers)} layers "

@@ -43,8 +43,8 @@ class LLMConfig:
     ``dtype``: the LLM's (and projector's) parameter dtype. ``keep_layers``: the indices of the
     decoder layers to keep, in order (empty = all). A pretrained LM without its middle layers
     costs N/L of the compute per token and keeps its first layers (token features) and last ones
-    (what the final norm and LM head expect); the demo keeps 10 of SmolLM2's 30 to see ~3× more
-    samples on a CPU (docs/demo.md); the paper's runs keep every layer.
+    (what the final norm and LM head expect): 10 of SmolLM2's 30 train ~3× more samples a second
+    on a CPU (docs/demo.md). The demo and the paper's runs keep every layer.
     """
 
     source: str = "tiny"

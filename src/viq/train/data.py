@@ -103,9 +103,8 @@ class TrainData:
                 records = self.stream.policy.records
                 first = (records[0].message.split(" To skip bad samples")[0] if records
                          else "no sample fits data.loader.max_tokens")
-                keys = len({(r.source, r.key) for r in records})
                 raise ValueError(f"data.train {self.train_path}: a whole epoch without one usable "
-                                 f"sample ({keys} bad samples); the first: {first}")
+                                 f"sample ({len(records)} bad samples); the first: {first}")
 
     def state_dict(self) -> dict:
         return self.stream.state_dict()

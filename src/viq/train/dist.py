@@ -121,16 +121,6 @@ def fsdp_units(module: nn.Module) -> list[nn.Module]:
     return units
 
 
-def full_tensor_loads(kind: str):
-    """A context in which plain (full) tensors copy into FSDP2's sharded parameters: each rank
-    keeps its own slice (``implicit_replication``); a no-op for ``none`` and ``ddp``."""
-    if kind != "fsdp2":
-        return contextlib.nullcontext()
-    from torch.distributed.tensor.experimental import implicit_replication
-
-    return implicit_replication()
-
-
 def grad_sync(net: nn.Module, kind: str, sync: bool):
     """A context for one micro-batch's forward + backward: with ``sync=False`` (every
     micro-batch of a step but the last) DDP keeps the gradients local (``no_sync``) and FSDP2
