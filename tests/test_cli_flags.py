@@ -28,7 +28,7 @@ FLAGS = {
     "bench load": "--child --depth --dir --dtype --file --methods --size --width",
     "data synth": "--categories --format --image-format --jpeg-quality --max-aspect --max-side "
                   "--min-side --montage --n --out --overwrite --resize --samples-per-shard --seed "
-                  "--splits --workers",
+                  "--splits --train-turns --workers",
     "data score": "--out --pred --ref",
     "data photos": "--names --out",
 }

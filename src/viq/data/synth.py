@@ -43,6 +43,7 @@ from viq.data.synth_render import (
     text_size,
 )
 from viq.data.synth_text import render_chart, render_ocr
+from viq.data.synth_turns import extra_turns
 
 CATEGORIES: tuple[str, ...] = ("general", "ocr", "chart", "detail")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -54,6 +55,7 @@ MAX_SAMPLES = 10_000_000  # bounds of the user-given sizes (usage errors above t
 MAX_SIDE = 4096
 MAX_SAMPLES_PER_SHARD = 100_000
 MAX_WORKERS = 64
+MAX_TURNS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +72,7 @@ class SynthConfig:
     jpeg_quality: int = 95
     resize: str | None = None  # copied into every image entry's "resize" (SPEC B1.5), if set
     categories: tuple[str, ...] = CATEGORIES
+    train_turns: int = 1  # questions per training image (> 1: multi-turn, `viq.data.synth_turns`)
 
     def __post_init__(self) -> None:
         if not 1 <= self.n <= MAX_SAMPLES:
@@ -89,6 +92,9 @@ class SynthConfig:
         if unknown or not self.categories:
             raise ValueError(f"synth: categories must be a non-empty subset of {CATEGORIES}, "
                              f"got {self.categories}")
+        if not 1 <= self.train_turns <= MAX_TURNS:
+            raise ValueError(f"synth: train_turns must be between 1 and {MAX_TURNS}, got "
+                             f"{self.train_turns}")
         if self.image_format not in ("png", "jpeg"):
             raise ValueError(f"synth: image_format must be png or jpeg, got {self.image_format}")
         if self.resize is not None:  # refuse now rather than make every written sample bad
@@ -160,19 +166,27 @@ def make_sample(cfg: SynthConfig, index: int, category: str) -> tuple[Rendered, 
     return rendered, buf.getvalue()
 
 
-def to_record(cfg: SynthConfig, index: int, category: str, rendered: Rendered) -> dict[str, Any]:
-    """The LLaVA-format sample (SPEC B7.1) plus the benchmark fields."""
+def to_record(cfg: SynthConfig, index: int, category: str, rendered: Rendered,
+              split: str = "test") -> dict[str, Any]:
+    """The LLaVA-format sample (SPEC B7.1) plus the benchmark fields; a training sample asks up to
+    ``cfg.train_turns`` questions (the first is the sample's own; ``answer``/``kind`` are its)."""
     ext = "png" if cfg.image_format == "png" else "jpg"
     image: dict[str, Any] = {"img_path": f"images/{index:06d}.{ext}"}
     if cfg.resize is not None:
         image["resize"] = cfg.resize
+    turns = [(rendered.question, rendered.answer)]
+    if split == "train" and cfg.train_turns > 1:
+        rng = np.random.default_rng([cfg.seed, 2, index])
+        turns += extra_turns(rng, category, rendered.scene, turns[0], cfg.train_turns)
+    conversations = []
+    for k, (question, answer) in enumerate(turns):
+        prefix = "<image>\n" if k == 0 else ""
+        conversations += [{"from": "human", "value": f"{prefix}{question}\n{INSTRUCTION}"},
+                          {"from": "gpt", "value": answer}]
     return {
         "id": f"synth-{index:06d}",
         "image": [image],
-        "conversations": [
-            {"from": "human", "value": f"<image>\n{rendered.question}\n{INSTRUCTION}"},
-            {"from": "gpt", "value": rendered.answer},
-        ],
+        "conversations": conversations,
         "category": category,
         "kind": rendered.kind,
         "answer": rendered.answer,
@@ -182,10 +196,10 @@ def to_record(cfg: SynthConfig, index: int, category: str, rendered: Rendered) -
     }
 
 
-def _work(job: tuple[SynthConfig, int, str]) -> tuple[dict[str, Any], bytes]:
-    cfg, index, category = job
+def _work(job: tuple[SynthConfig, int, str, str]) -> tuple[dict[str, Any], bytes]:
+    cfg, index, category, split = job
     rendered, data = make_sample(cfg, index, category)
-    return to_record(cfg, index, category, rendered), data
+    return to_record(cfg, index, category, rendered, split), data
 
 
 def iter_samples(cfg: SynthConfig, workers: int = 0, progress: bool = False,
@@ -193,7 +207,7 @@ def iter_samples(cfg: SynthConfig, workers: int = 0, progress: bool = False,
     """Yield (split, record, image bytes) in index order (of one split if given); ``workers`` > 1
     renders in that many processes (same bytes: each sample has its own generator)."""
     jobs = [j for j in plan(cfg) if split is None or j[2] == split]
-    args = [(cfg, i, cat) for i, cat, _ in jobs]
+    args = [(cfg, i, cat, s) for i, cat, s in jobs]
     bar = tqdm(total=len(jobs), desc="synth", unit="img", disable=not progress)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -285,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-aspect", type=float, default=3.0, help="aspect ratios in [1/a, a]")
     p.add_argument("--categories", default=",".join(CATEGORIES),
                    help=f"comma-separated subset of {','.join(CATEGORIES)}")
+    p.add_argument("--train-turns", type=int, default=1,
+                   help="questions per training image (default 1; more: multi-turn samples whose "
+                        "extra questions are derived from the scene; val/test keep one)")
     p.add_argument("--image-format", choices=("png", "jpeg"), default="png",
                    help="png is lossless (keeps small text readable); jpeg is smaller")
     p.add_argument("--jpeg-quality", type=int, default=95)
@@ -314,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                           min_side=args.min_side, max_side=args.max_side,
                           max_aspect=args.max_aspect, image_format=args.image_format,
                           jpeg_quality=args.jpeg_quality, resize=args.resize,
+                          train_turns=args.train_turns,
                           categories=tuple(c for c in args.categories.split(",") if c))
     except ValueError as e:
         raise UsageError(str(e)) from None
