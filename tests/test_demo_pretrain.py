@@ -14,7 +14,15 @@ from safetensors.torch import load_file
 
 from viq.data.synth import SynthConfig, write_json_dataset
 from viq.demo import resume
-from viq.demo.teacher import EMBED_FILE, train_teacher
+from viq.demo.teacher import (
+    EMBED_FILE,
+    IGNORE,
+    SCENE_COLOURS,
+    SCENE_SHAPES,
+    SceneHead,
+    patch_labels,
+    train_teacher,
+)
 from viq.demo.vae import build_autoencoder, evaluate, load_images, train_vae
 from viq.supervision.config import TeacherConfig, VAEConfig, tiny_teacher_encoder
 from viq.supervision.distill import build_teacher
@@ -122,3 +130,32 @@ def test_teacher_learns_loads_resumes_and_skips(data, tmp_path, monkeypatch):
     assert train_teacher(tmp_path / "nowhere", full, steps=5, **TEACHER_ARGS) == full
     with pytest.raises(ValueError, match="image_size"):
         train_teacher(data, full, steps=6, **{**TEACHER_ARGS, "image_size": 64})
+
+
+def test_teacher_scene_labels_mark_the_object_under_each_patch():
+    rec = {"size": [64, 32], "category": "general",
+           "scene": {"objects": [{"shape": "star", "colour": "blue", "x": 40, "y": 16, "r": 12}]}}
+    # 32² square, patch 8: a 4×4 grid; patch centres at x = 8, 24, 40, 56 and y = 4, 12, 20, 28
+    # in the 64×32 original; the star covers centres within 0.7·12 px of (40, 16)
+    labels = patch_labels(rec, 32, 8).reshape(2, 4, 4)
+    star, blue = 1 + SCENE_SHAPES.index("star"), 1 + SCENE_COLOURS.index("blue")
+    inside = torch.zeros(4, 4, dtype=torch.bool)
+    inside[1, 2] = inside[2, 2] = True  # (40, 12) and (40, 20)
+    assert (labels[0][inside] == star).all() and (labels[1][inside] == blue).all()
+    assert (labels[0][~inside] == IGNORE).all() and (labels[1][~inside] == 0).all()
+    for other in ({"size": [64, 32], "scene": {"texts": []}}, {}, "not a dict"):
+        assert (patch_labels(other, 32, 8) == IGNORE).all()
+
+
+def test_teacher_reports_patch_shape_accuracy(tmp_path):
+    data = tmp_path / "shapes"
+    write_json_dataset(SynthConfig(n=20, max_side=160, categories=("general",)), data)
+    run = train_teacher(data, tmp_path / "t", steps=6, **TEACHER_ARGS)
+    done = json.loads((run / "done.json").read_text())
+    assert 0 <= done["patch_shape_accuracy"] <= 1
+    assert done["options"]["dense_weight"] == 1.0
+    # the loss is zero (not NaN) for a batch without any labelled patch
+    head = SceneHead(8)
+    normed = torch.randn(5, 8)
+    assert head.loss(normed, torch.full((1, 2, 5), IGNORE)).item() == 0
+    assert head.shape_accuracy(normed, torch.full((1, 2, 5), IGNORE)) is None
