@@ -12,7 +12,7 @@ import pytest
 from viq.demo.pipeline import DemoPlan, run_demo
 
 TINY = DemoPlan(synth_n=40, vae_steps=3, teacher_steps=3, steps=(3, 2, 3), eval_limit=4,
-                recon_images=2, photos=1, llm="tiny", synth_max_side=192)
+                recon_images=2, photos=1, llm="tiny", llm_layers=(), synth_max_side=192)
 
 
 def _finite(x) -> bool:

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "extract codes, evaluate and write a report — offline, on a CPU.")
     p.add_argument("--out", type=Path, default=Path("viq_demo_out"),
                    help="output folder (default viq_demo_out); rerun to continue")
-    p.add_argument("--quick", action="store_true", help="the short schedule (~5 min goal)")
+    p.add_argument("--quick", action="store_true",
+                   help="the short schedule (~3 min on 2 cores; default ~9 min)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

@@ -15,7 +15,7 @@ golden RoPE, text + distill + recon), which is the reference row of every group:
 
 The table is printed and written to ``D/ablation.json`` / ``D/ablation.md`` next to the paper's
 numbers (avg of 8 benchmarks, Qwen2.5-3B), honest whatever it shows. Each variant costs about one
-demo stage 2-2: the whole study takes ~7 stage runs (measured with --quick: 7 min 24 s on 2
+demo stage 2-2: the whole study takes ~7 stage runs (measured with --quick: 2 min 10 s on 2
 quiet cores; the default schedule runs ~3× more steps). Results: docs/demo.md.
 """
 

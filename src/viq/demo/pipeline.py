@@ -1,15 +1,17 @@
 """The demo: a miniature ViQ trained end to end on this machine, evaluated, with a report.
 
-    viq demo                  # default (~15 min on 2 cores)
-    viq demo --quick          # a shorter schedule (~5 min)
+    viq demo                  # default (~9 min on 2 cores)
+    viq demo --quick          # a shorter schedule (~3 min)
 
 Steps, each resumable (rerunning after an interruption continues; finished steps are skipped):
 
-1. ``data/``     the synthetic VQA benchmark (`viq.data.synth`: train/val/test + PNG images)
+1. ``data/``     the synthetic VQA benchmark (`viq.data.synth`: train/val/test + PNG images; each
+                 training image asks up to ``train_turns`` questions, `viq.data.synth_turns`)
 2. ``vae/``      a small diffusers AutoencoderKL trained on it (`viq.demo.vae`): the latent target
                  of L_recon and the decoder of reconstructions
 3. ``teacher/``  a miniature SigLIP: a small ViT trained sigmoid-contrastively against frozen
-                 MiniLM sentence embeddings (`viq.demo.teacher`): the distillation teacher,
+                 MiniLM sentence embeddings, plus the shape and colour under each patch
+                 (`viq.demo.teacher`): the distillation teacher,
                  and the weights stage 1's student starts from (as the paper's from SigLIP2)
 4. ``stage1/`` → ``stage2_1/`` → ``stage2_2/``  the three ViQ stages through `viq.train` with
                  SmolLM2-135M-Instruct (LoRA), each starting from the previous one
@@ -33,20 +35,22 @@ from viq.config import override
 class DemoPlan:
     """How much of everything (``quick`` vs default)."""
 
-    synth_n: int = 1000  # 800 train / 100 val / 100 test: stage 1 sees each train sample once
+    synth_n: int = 1000  # 800 train / 100 val / 100 test
+    train_turns: int = 6  # questions per training image (viq.data.synth_turns)
     vae_steps: int = 170  # ≈ 1.7 min on 2 idle cores (viq.demo.vae)
-    teacher_steps: int = 300  # ≈ 1.3 min, 3–5× chance retrieval (viq.demo.teacher)
-    steps: tuple[int, int, int] = (180, 50, 100)  # stage 1, 2-1, 2-2 (~1.7 s a step)
-    eval_limit: int = 60  # test samples answered per condition (0 = all)
+    teacher_steps: int = 600  # ≈ 2 min (viq.demo.teacher)
+    steps: tuple[int, int, int] = (540, 50, 100)  # stage 1, 2-1, 2-2
+    eval_limit: int = 0  # test samples answered per condition (0 = all)
     recon_images: int = 12
     photos: int = 4
     vae_crop: int = 128
     vae_channels: tuple[int, ...] = (16, 32, 64, 64)
     llm: str = "smollm2"  # "tiny" for the in-process test of the whole pipeline
+    llm_layers: tuple[int, ...] = (0, 1, 2, 27, 28, 29)  # SmolLM2's kept (llm.keep_layers)
     synth_max_side: int = 384
 
 
-QUICK = DemoPlan(synth_n=300, vae_steps=50, teacher_steps=120, steps=(50, 16, 30),
+QUICK = DemoPlan(synth_n=300, vae_steps=50, teacher_steps=200, steps=(150, 16, 30),
                  eval_limit=30, recon_images=6, photos=2)
 STAGES = ("stage1", "stage2_1", "stage2_2")
 
@@ -66,7 +70,8 @@ def make_data(out: Path, plan: DemoPlan) -> Path:
         tmp = out / "data.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         write_json_dataset(SynthConfig(n=plan.synth_n, seed=0, max_side=plan.synth_max_side,
-                                       min_side=min(128, plan.synth_max_side)), tmp)
+                                       min_side=min(128, plan.synth_max_side),
+                                       train_turns=plan.train_turns), tmp)
         tmp.rename(data)
     return data
 
@@ -81,7 +86,7 @@ def stage_config(name: str, out: Path, data: Path, plan: DemoPlan):
     sets = [f"data.train={data / 'train.json'}", f"data.val={data / 'val.json'}",
             f"vae.source={out / 'vae'}", f"teacher.source={out / 'teacher'}",
             f"run.steps={plan.steps[i]}", f"run.checkpoint_every={max(10, plan.steps[i] // 4)}",
-            f"llm.source={plan.llm}"]
+            f"llm.source={plan.llm}", f"llm.keep_layers={list(plan.llm_layers)}"]
     if i:
         sets.append(f"stage.init_from={out / STAGES[i - 1]}")
     else:  # the student starts from the teacher, as the paper's starts from SigLIP2 (SPEC A2)
