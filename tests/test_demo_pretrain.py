@@ -143,8 +143,16 @@ def test_teacher_scene_labels_mark_the_object_under_each_patch():
     inside[1, 2] = inside[2, 2] = True  # (40, 12) and (40, 20)
     assert (labels[0][inside] == star).all() and (labels[1][inside] == blue).all()
     assert (labels[0][~inside] == IGNORE).all() and (labels[1][~inside] == 0).all()
-    for other in ({"size": [64, 32], "scene": {"texts": []}}, {}, "not a dict"):
-        assert (patch_labels(other, 32, 8) == IGNORE).all()
+    for other in ({"size": [64, 32], "scene": {"texts": []}}, {}, "not a dict",
+                  {"size": [0, 32], "scene": rec["scene"]},
+                  {"size": "64x32", "scene": rec["scene"]},
+                  {"size": [64, 32], "scene": {"objects": "star"}},
+                  {"size": [64, 32], "scene": {"objects": [
+                      None, {"shape": "star", "colour": "blue", "x": "40", "y": 16, "r": 12},
+                      {"shape": "star", "colour": "blue", "x": float("nan"), "y": 16, "r": 12},
+                      {"shape": "blob", "colour": "blue", "x": 40, "y": 16, "r": 12}]}}):
+        labels = patch_labels(other, 32, 8)
+        assert (labels[0] == IGNORE).all() and (labels[1] <= 0).all()
 
 
 def test_teacher_reports_patch_shape_accuracy(tmp_path):

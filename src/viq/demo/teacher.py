@@ -145,13 +145,16 @@ def patch_labels(raw: dict, image_size: int, patch: int) -> torch.Tensor:
     scene = raw.get("scene") if isinstance(raw, dict) else None
     objects = scene.get("objects") if isinstance(scene, dict) else None
     size = raw.get("size") if isinstance(raw, dict) else None
-    if not objects or not (isinstance(size, list) and len(size) == 2):
+    if not (isinstance(objects, list) and objects and isinstance(size, list) and len(size) == 2
+            and all(_finite(v) and v > 0 for v in size)):
         return out
     (width, height), centre = size, (torch.arange(g) + 0.5) * patch / image_size
     cx, cy = (centre * width)[None, :].expand(g, g), (centre * height)[:, None].expand(g, g)
     shape, colour = torch.full((g, g), IGNORE), torch.zeros(g, g, dtype=torch.long)
-    for o in objects:  # later objects are drawn on top
-        if o.get("shape") not in SCENE_SHAPES or o.get("colour") not in SCENE_COLOURS:
+    for o in objects:  # later objects are drawn on top; malformed entries are passed over
+        if not (isinstance(o, dict) and o.get("shape") in SCENE_SHAPES
+                and o.get("colour") in SCENE_COLOURS
+                and all(_finite(o.get(k)) for k in ("x", "y", "r"))):
             continue
         inside = (cx - o["x"]) ** 2 + (cy - o["y"]) ** 2 <= (0.7 * o["r"]) ** 2
         shape[inside] = 1 + SCENE_SHAPES.index(o["shape"])
@@ -234,6 +237,10 @@ class Contrastive(nn.Module):
         logits = img @ txt.T * self.log_t.exp() + self.b  # (B, B)
         labels = same.float() * 2 - 1
         return -F.logsigmoid(labels * logits).sum() / img.shape[0]
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class SceneHead(nn.Module):
