@@ -273,23 +273,30 @@ class SceneHead(nn.Module):
         return float((self.shape(normed[keep]).argmax(-1) == target[keep]).float().mean())
 
 
-def pooled(encoder, images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, S, S) → MAP pooled vectors (B, C), fp32 (at these widths bf16 autocast measured
-    2.7× slower on CPU: its casts cost more than the small matmuls gain)."""
-    return encoder(list(images), pool=True).pooled
+@torch.no_grad()
+def encode_eval(encoder, images: torch.Tensor,
+                batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3, S, S) → (MAP pooled vectors (B, C), final-normed patch tokens (B·g², C)) in eval
+    mode, fp32 (at these widths bf16 autocast measured 2.7× slower on CPU: its casts cost more
+    than the small matmuls gain); the encoder's train/eval mode is restored."""
+    was = encoder.training
+    encoder.eval()
+    pooled, normed = [], []
+    for i in range(0, len(images), batch):
+        out = encoder(list(images[i:i + batch]), pool=True)
+        pooled.append(out.pooled)
+        normed.append(encoder.norm(out.tokens.tokens))
+    encoder.train(was)
+    return torch.cat(pooled), torch.cat(normed)
 
 
 @torch.no_grad()
-def retrieval_top1(encoder, head: Contrastive, images: torch.Tensor, text: torch.Tensor,
+def retrieval_top1(head: Contrastive, vecs: torch.Tensor, text: torch.Tensor,
                    ids: torch.Tensor) -> float:
-    """Image→text top-1 accuracy: each image against every text of the set (a duplicate of its
-    own text counts as correct)."""
-    was = encoder.training
-    encoder.eval()
-    vecs = torch.cat([pooled(encoder, images[i:i + 64]) for i in range(0, len(images), 64)])
+    """Image→text top-1 accuracy of pooled image vectors (`encode_eval`): each image against every
+    text of the set (a duplicate of its own text counts as correct)."""
     img, txt = head.embed(vecs, text)
     best = (img @ txt.T).argmax(dim=1)  # (N,)
-    encoder.train(was)
     return float((ids[best] == ids).float().mean())
 
 
@@ -348,7 +355,8 @@ def train_teacher(data_dir: Path, out_dir: Path, *, steps: int, encoder: Encoder
     info = resume.load_checkpoint(out, modules, opt, options)
     if info is None:
         info = {"options": options, "step": 0, "seconds": 0.0, "loss": [],
-                "retrieval_before": retrieval_top1(vit, head, val_x, emb["val"], val_ids)}
+                "retrieval_before": retrieval_top1(head, encode_eval(vit, val_x)[0], emb["val"],
+                                                   val_ids)}
     start, t0 = info["step"], time.perf_counter() - info["seconds"]
     bar = tqdm(total=steps, initial=start, desc="teacher", unit="step", disable=not progress)
     b = min(batch, len(train_t))
@@ -400,18 +408,13 @@ def _finish(vit, head: Contrastive, scene: SceneHead, out: Path, info: dict,
               str(out / "contrastive.safetensors"))
     val_x, val_emb, val_ids, val_l = val
     n = len(val_ids)
-    was = vit.training
-    vit.eval()
-    with torch.no_grad():
-        normed = torch.cat([vit.norm(vit(list(val_x[i:i + 64])).tokens.tokens)
-                            for i in range(0, n, 64)])
-    vit.train(was)
+    vecs, normed = encode_eval(vit, val_x)
     shape_acc = scene.shape_accuracy(normed, val_l)
     done = {"options": info["options"], "steps": info["step"],
             "seconds": round(info["seconds"], 1), "val_images": n,
             "chance": round(1 / n, 4),
             "retrieval_before": round(info["retrieval_before"], 4),
-            "retrieval": round(retrieval_top1(vit, head, val_x, val_emb, val_ids), 4),
+            "retrieval": round(retrieval_top1(head, vecs, val_emb, val_ids), 4),
             "patch_shape_accuracy": None if shape_acc is None else round(shape_acc, 4),
             "temperature": round(head.log_t.exp().item(), 3), "bias": round(head.b.item(), 3),
             "loss": info["loss"]}
