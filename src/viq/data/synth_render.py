@@ -257,15 +257,23 @@ def _position_question(rng: np.random.Generator,
     for i in rng.permutation(len(pairs)):
         a, b = pairs[int(i)]
         for axis in ("x", "y") if rng.random() < 0.5 else ("y", "x"):
-            if abs(a[axis] - b[axis]) <= a["r"] + b["r"]:
-                continue
-            name_a, name_b = f"{a['colour']} {a['shape']}", f"{b['colour']} {b['shape']}"
-            if axis == "x":
-                return (f"Is the {name_a} to the left or to the right of the {name_b}?",
-                        "left" if a["x"] < b["x"] else "right")
-            return (f"Is the {name_a} above or below the {name_b}?",
-                    "above" if a["y"] < b["y"] else "below")
+            turn = position_turn(a, b, axis)
+            if turn is not None:
+                return turn
     return None, None
+
+
+def position_turn(a: dict[str, Any], b: dict[str, Any], axis: str) -> tuple[str, str] | None:
+    """Where ``a`` lies from ``b`` along ``axis`` ("x": left/right, "y": above/below), or None
+    when the two overlap on that axis (not clearly separated)."""
+    if abs(a[axis] - b[axis]) <= a["r"] + b["r"]:
+        return None
+    name_a, name_b = f"{a['colour']} {a['shape']}", f"{b['colour']} {b['shape']}"
+    if axis == "x":
+        return (f"Is the {name_a} to the left or to the right of the {name_b}?",
+                "left" if a["x"] < b["x"] else "right")
+    return (f"Is the {name_a} above or below the {name_b}?",
+            "above" if a["y"] < b["y"] else "below")
 
 
 # ----------------------------------------------------------------------------- detail
@@ -296,7 +304,7 @@ def render_detail(rng: np.random.Generator, width: int, height: int) -> Rendered
     target = objs[-1]
     if kind == "dots":
         target["dots"] = _draw_dots(rng, image, target)
-    question, answer = _detail_question(kind, target)
+    question, answer = detail_question(kind, target)
     scene = {"background": list(bg), "objects": objs}
     caption = (f"A {width}x{height} image of "
                f"{count_phrase([o['colour'] + ' ' + o['shape'] for o in objs[:-1]])}"
@@ -328,7 +336,7 @@ def _draw_dots(rng: np.random.Generator, image: Image.Image,
     return dots
 
 
-def _detail_question(kind: str, t: dict[str, Any]) -> tuple[str, str]:
+def detail_question(kind: str, t: dict[str, Any]) -> tuple[str, str]:
     if kind == "tiny_colour":
         return f"What colour is the tiny {t['shape']}?", t["colour"]
     if kind == "arrow":

@@ -251,6 +251,11 @@ def _chart_question(rng: np.random.Generator, spec: dict[str, Any]) -> tuple[str
         i, j = sample(rng, range(len(values)), 2)
         return (f"What is the difference between the values of {labels[i]} and {labels[j]}?",
                 str(abs(values[i] - values[j])), kind)
-    i = int(rng.integers(len(values)))
-    where = f"the {labels[i]} bar" if spec["type"] == "bar" else labels[i]
-    return f"What is the value of {where}?", str(values[i]), "value"
+    return (*value_turn(spec, int(rng.integers(len(values)))), "value")
+
+
+def value_turn(spec: dict[str, Any], i: int) -> tuple[str, str]:
+    """The question about the value of label ``i`` of a chart, and its answer."""
+    label = spec["labels"][i]
+    where = f"the {label} bar" if spec["type"] == "bar" else label
+    return f"What is the value of {where}?", str(spec["values"][i])

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from viq.data.synth_render import plural
+from viq.data.synth_render import detail_question, plural, position_turn
+from viq.data.synth_text import value_turn
 
 Turn = tuple[str, str]
 
@@ -48,13 +49,7 @@ def _objects_pool(objs: list[dict[str, Any]], every: list[dict[str, Any]],
         for b in objs:
             if a is b or colours.count(a["colour"]) > 1 or colours.count(b["colour"]) > 1:
                 continue
-            name_a, name_b = f"{a['colour']} {a['shape']}", f"{b['colour']} {b['shape']}"
-            if abs(a["x"] - b["x"]) > a["r"] + b["r"]:
-                pool.append((f"Is the {name_a} to the left or to the right of the {name_b}?",
-                             "left" if a["x"] < b["x"] else "right"))
-            if abs(a["y"] - b["y"]) > a["r"] + b["r"]:
-                pool.append((f"Is the {name_a} above or below the {name_b}?",
-                             "above" if a["y"] < b["y"] else "below"))
+            pool += [t for axis in ("x", "y") if (t := position_turn(a, b, axis))]
     return pool
 
 
@@ -68,12 +63,11 @@ def question_pool(category: str, scene: dict[str, Any]) -> list[Turn]:
         # no counts: the dots inside a square are circles too
         pool = _objects_pool(large, objs + tiny.get("dots", []), counts=False)
         if "dots" not in tiny and tiny["shape"] != "arrow":
-            pool.append((f"What colour is the tiny {tiny['shape']}?", tiny["colour"]))
+            pool.append(detail_question("tiny_colour", tiny))
         return pool
     if category == "chart":
         labels, values = scene["labels"], scene["values"]
-        pool = [(f"What is the value of {f'the {lab} bar' if scene['type'] == 'bar' else lab}?",
-                 str(v)) for lab, v in zip(labels, values, strict=True)]
+        pool = [value_turn(scene, i) for i in range(len(values))]
         for word, best in (("highest", max(values)), ("lowest", min(values))):
             if values.count(best) == 1:
                 pool.append((f"Which label has the {word} value?", labels[values.index(best)]))
