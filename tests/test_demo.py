@@ -12,7 +12,8 @@ import pytest
 from viq.demo.pipeline import DemoPlan, run_demo
 
 TINY = DemoPlan(synth_n=40, vae_steps=3, teacher_steps=3, steps=(3, 2, 3), eval_limit=4,
-                recon_images=2, photos=1, llm="tiny", llm_layers=(), synth_max_side=192)
+                fit_limit=3, recon_images=2, photos=1, llm="tiny", llm_layers=(),
+                synth_max_side=192)
 
 
 def _finite(x) -> bool:
@@ -41,6 +42,12 @@ def test_reduced_demo_end_to_end(tmp_path):
             "quantized (stage 2-2, stored codes)", "stage 2-2, blind: another sample's image",
             "stage 2-2, blind: no image"} == set(conds)
     assert "MLLM training from stored codes" in html
+    fit = results["understanding_fit"]  # stage 1 on its own training images, own vs another image
+    assert {"stage 1, its own image", "stage 1, another sample's image"} == set(fit)
+    assert all(r["overall"]["n"] == 3 for r in fit.values()) and "Fit check" in html
+    assert results["fit_note"].startswith("On 3 of its own training questions")
+    assert 0 <= results["fit_same_answers"] <= 1
+    assert "On 3 of its own training questions" in html
     assert results["speedup"]["step speed-up (×)"] > 0
     n_test = min(4, len(json.loads((out / "data" / "test.json").read_text())))
     assert all(r["overall"]["n"] == n_test > 0 for r in conds.values())
@@ -49,3 +56,17 @@ def test_reduced_demo_end_to_end(tmp_path):
     # a rerun skips every finished step
     again = run_demo(out, plan=TINY, progress=False)
     assert again["timings"]["stage1"] < results["timings"]["stage1"] + 5
+
+
+def test_fit_note_says_when_the_image_changes_nothing():
+    from viq.demo.evaluate import _fit_note
+
+    fit = {"own": {"overall": {"n": 100, "accuracy": 0.1}},
+           "other": {"overall": {"n": 100, "accuracy": 0.1}}}
+    assert "answers from the question alone" in _fit_note(fit, 1.0)
+    fit["own"]["overall"]["accuracy"] = 0.4  # the image helps on training images
+    note = _fit_note(fit, 0.5)
+    assert "40.0 % with each image and 10.0 %" in note and "question alone" not in note
+    assert "question alone" not in _fit_note({"own": {"overall": {"n": 100, "accuracy": 0.1}},
+                                              "other": {"overall": {"n": 100, "accuracy": 0.1}}},
+                                             0.3)  # same score, different answers

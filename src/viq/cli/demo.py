@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("viq_demo_out"),
                    help="output folder (default viq_demo_out); rerun to continue")
     p.add_argument("--quick", action="store_true",
-                   help="the short schedule (~3 min on 2 cores; default ~9 min)")
+                   help="the short schedule (3–3.5 min on 2 cores; default 9–11 min)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

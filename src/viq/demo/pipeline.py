@@ -1,7 +1,7 @@
 """The demo: a miniature ViQ trained end to end on this machine, evaluated, with a report.
 
-    viq demo                  # default (~9 min on 2 cores)
-    viq demo --quick          # a shorter schedule (~3 min)
+    viq demo                  # default (9–11 min on 2 cores)
+    viq demo --quick          # a shorter schedule (3–3.5 min)
 
 Steps, each resumable (rerunning after an interruption continues; finished steps are skipped):
 
@@ -41,6 +41,7 @@ class DemoPlan:
     teacher_steps: int = 600  # ≈ 2 min (viq.demo.teacher)
     steps: tuple[int, int, int] = (540, 50, 100)  # stage 1, 2-1, 2-2
     eval_limit: int = 0  # test samples answered per condition (0 = all)
+    fit_limit: int = 100  # training samples of the fit check (viq.demo.evaluate)
     recon_images: int = 12
     photos: int = 4
     vae_crop: int = 128
@@ -51,7 +52,7 @@ class DemoPlan:
 
 
 QUICK = DemoPlan(synth_n=300, vae_steps=50, teacher_steps=200, steps=(150, 16, 30),
-                 eval_limit=30, recon_images=6, photos=2)
+                 eval_limit=30, fit_limit=30, recon_images=6, photos=2)
 STAGES = ("stage1", "stage2_1", "stage2_2")
 
 

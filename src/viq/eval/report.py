@@ -104,8 +104,8 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f} %"
 
 
-def understanding_table(results: dict) -> str:
-    conds = results["understanding"]
+def understanding_table(conds: dict) -> str:
+    """Accuracy per category and overall, one row per condition (``{name: ScoreReport dict}``)."""
     cats = sorted({c for r in conds.values() for c in r["per_category"]})
     head = ["condition"] + cats + ["overall"]
     rows = []
@@ -130,8 +130,13 @@ def write_html(results: dict, out: Path) -> Path:
              "<h1>ViQ miniature — trained on this machine</h1>",
              f"<p class='note'>{html.escape(r.get('summary', ''))}</p>"]
     parts += ["<h2>Understanding (synthetic test split, exact match)</h2>",
-              understanding_table(r),
+              understanding_table(r["understanding"]),
               f"<p class='note'>{html.escape(r.get('understanding_note', ''))}</p>"]
+    fit = r.get("understanding_fit")
+    if fit:
+        parts += ["<h3>Fit check: the stage-1 model on its own training images</h3>",
+                  understanding_table(fit),
+                  f"<p class='note'>{html.escape(r.get('fit_note', ''))}</p>"]
     rec = r.get("reconstruction", {})
     rows = [[k, f"{v['psnr']:.2f}", f"{v['ssim']:.3f}", v["n"]] for k, v in rec.items()]
     parts += ["<h2>Reconstruction from codes</h2>",
