@@ -78,12 +78,14 @@ def _score(run: Path, data: Path, plan, progress: bool) -> dict:
            "per_category": {k: v.accuracy for k, v in rep.per_category.items()}}
     test = json.loads((data / "test.json").read_text())
     held = [data / r["image"][0]["img_path"] for r in test if r.get("image")][:plan.recon_images]
-    codes = [c for p in held
-             for c in obj.model.encode([load_for_encoder(p, obj.cfg.model.image, name=str(p))])]
+    codes: list = []
+    if hasattr(obj, "latent"):  # reconstructs and keeps the codes: one encoder pass
+        row["psnr"] = reconstruct_files(obj, held, codes_out=codes)[0].psnr
+    else:
+        codes = [c for p in held for c in
+                 obj.model.encode([load_for_encoder(p, obj.cfg.model.image, name=str(p))])]
     usage = code_usage(codes)
     row["distinct_codes"], row["perplexity"] = usage["distinct"], usage["perplexity"]
-    if hasattr(obj, "latent"):
-        row["psnr"] = reconstruct_files(obj, held)[0].psnr
     return row
 
 

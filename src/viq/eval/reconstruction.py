@@ -61,15 +61,19 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def reconstruct_files(obj: Objective, paths: Sequence[str | Path],
-                      keep: int = 0) -> tuple[ReconResult, list[tuple[torch.Tensor, torch.Tensor]]]:
+def reconstruct_files(obj: Objective, paths: Sequence[str | Path], keep: int = 0,
+                      codes_out: list[ImageCodes] | None = None,
+                      ) -> tuple[ReconResult, list[tuple[torch.Tensor, torch.Tensor]]]:
     """Encode → codes → draw each image; metrics per image and on average. Returns the first
-    ``keep`` (original, reconstruction) pairs in [0, 1] for figures."""
+    ``keep`` (original, reconstruction) pairs in [0, 1] for figures; each image's codes are
+    appended to ``codes_out`` when given (so a caller needs no second encoder pass)."""
     _check_drawer(obj)
     per, pairs = [], []
     for path in paths:
         img = load_for_encoder(path, obj.cfg.model.image, name=str(path))
         codes = obj.model.encode([img])
+        if codes_out is not None:
+            codes_out.extend(codes)
         rec = draw(obj, codes)[0]
         h, w = img.shape[1:]
         x, y = img * 0.5 + 0.5, rec[:, :h, :w].cpu() * 0.5 + 0.5
