@@ -235,14 +235,11 @@ def render_general(rng: np.random.Generator, width: int, height: int) -> Rendere
         if question is None:  # no clearly separated pair: ask about colour instead
             kind = "colour"
     if kind == "shape":
-        obj = pick(rng, objs)
-        question, answer = f"What shape is the {obj['colour']} object?", obj["shape"]
+        question, answer = shape_turn(pick(rng, objs))
     elif kind == "colour":
-        obj = pick(rng, objs)
-        question, answer = f"What colour is the {obj['shape']}?", obj["colour"]
+        question, answer = colour_turn(pick(rng, objs))
     elif kind == "count":
-        question = f"How many {plural(target, 2)} are there?"
-        answer = str(sum(o["shape"] == target for o in objs))
+        question, answer = count_turn(target, objs)
     scene = {"background": list(bg), "objects": objs}
     caption = (f"A {width}x{height} image of "
                f"{count_phrase([o['colour'] + ' ' + o['shape'] for o in objs])} "
@@ -261,6 +258,21 @@ def _position_question(rng: np.random.Generator,
             if turn is not None:
                 return turn
     return None, None
+
+
+def colour_turn(obj: dict[str, Any]) -> tuple[str, str]:
+    """The colour of ``obj``, asked by its shape (unambiguous only if the shape is unique)."""
+    return f"What colour is the {obj['shape']}?", obj["colour"]
+
+
+def shape_turn(obj: dict[str, Any]) -> tuple[str, str]:
+    """The shape of ``obj``, asked by its colour (unambiguous only if the colour is unique)."""
+    return f"What shape is the {obj['colour']} object?", obj["shape"]
+
+
+def count_turn(shape: str, objs: list[dict[str, Any]]) -> tuple[str, str]:
+    """How many of ``objs`` are ``shape``s."""
+    return f"How many {plural(shape, 2)} are there?", str(sum(o["shape"] == shape for o in objs))
 
 
 def position_turn(a: dict[str, Any], b: dict[str, Any], axis: str) -> tuple[str, str] | None:

@@ -140,7 +140,7 @@ def render_ocr(rng: np.random.Generator, width: int, height: int) -> Rendered:
         question, target = "What number is written in the image?", items[0]
     elif kind == "colour":
         target = pick(rng, items)
-        question = f"What does the {target['colour']} text say?"
+        question = text_colour_turn(target)[0]
     else:
         where = pick(rng, ("top", "bottom"))
         target = items[0] if where == "top" else items[-1]
@@ -242,10 +242,9 @@ def _chart_question(rng: np.random.Generator, spec: dict[str, Any]) -> tuple[str
     labels, values = spec["labels"], spec["values"]
     kind = pick(rng, ("value", "max", "min", "diff"))
     if kind in ("max", "min"):
-        best = max(values) if kind == "max" else min(values)
-        if values.count(best) == 1:
-            word = "highest" if kind == "max" else "lowest"
-            return f"Which label has the {word} value?", labels[values.index(best)], kind
+        turn = extreme_turn(spec, "highest" if kind == "max" else "lowest")
+        if turn is not None:
+            return (*turn, kind)
         kind = "value"  # a tie has no single answer
     if kind == "diff":
         i, j = sample(rng, range(len(values)), 2)
@@ -259,3 +258,17 @@ def value_turn(spec: dict[str, Any], i: int) -> tuple[str, str]:
     label = spec["labels"][i]
     where = f"the {label} bar" if spec["type"] == "bar" else label
     return f"What is the value of {where}?", str(spec["values"][i])
+
+
+def extreme_turn(spec: dict[str, Any], word: str) -> tuple[str, str] | None:
+    """The label of the ``word`` ("highest" / "lowest") value of a chart, or None on a tie."""
+    values = spec["values"]
+    best = max(values) if word == "highest" else min(values)
+    if values.count(best) != 1:
+        return None
+    return f"Which label has the {word} value?", spec["labels"][values.index(best)]
+
+
+def text_colour_turn(item: dict[str, Any]) -> tuple[str, str]:
+    """What the text drawn in ``item``'s colour says (unambiguous only if the colour is unique)."""
+    return f"What does the {item['colour']} text say?", item["text"]

@@ -25,8 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from viq.data.synth_render import detail_question, plural, position_turn
-from viq.data.synth_text import value_turn
+from viq.data.synth_render import (
+    colour_turn,
+    count_turn,
+    detail_question,
+    position_turn,
+    shape_turn,
+)
+from viq.data.synth_text import extreme_turn, text_colour_turn, value_turn
 
 Turn = tuple[str, str]
 
@@ -40,11 +46,11 @@ def _objects_pool(objs: list[dict[str, Any]], every: list[dict[str, Any]],
     pool: list[Turn] = []
     for o in objs:
         if shapes.count(o["shape"]) == 1:
-            pool.append((f"What colour is the {o['shape']}?", o["colour"]))
+            pool.append(colour_turn(o))
         if colours.count(o["colour"]) == 1:
-            pool.append((f"What shape is the {o['colour']} object?", o["shape"]))
+            pool.append(shape_turn(o))
     for shape in dict.fromkeys(shapes) if counts else ():
-        pool.append((f"How many {plural(shape, 2)} are there?", str(shapes.count(shape))))
+        pool.append(count_turn(shape, every))
     for a in objs:
         for b in objs:
             if a is b or colours.count(a["colour"]) > 1 or colours.count(b["colour"]) > 1:
@@ -66,16 +72,11 @@ def question_pool(category: str, scene: dict[str, Any]) -> list[Turn]:
             pool.append(detail_question("tiny_colour", tiny))
         return pool
     if category == "chart":
-        labels, values = scene["labels"], scene["values"]
-        pool = [value_turn(scene, i) for i in range(len(values))]
-        for word, best in (("highest", max(values)), ("lowest", min(values))):
-            if values.count(best) == 1:
-                pool.append((f"Which label has the {word} value?", labels[values.index(best)]))
-        return pool
+        pool = [value_turn(scene, i) for i in range(len(scene["values"]))]
+        return pool + [t for word in ("highest", "lowest") if (t := extreme_turn(scene, word))]
     if category == "ocr":
         colours = [t["colour"] for t in scene["texts"]]
-        return [(f"What does the {t['colour']} text say?", t["text"])
-                for t in scene["texts"] if colours.count(t["colour"]) == 1]
+        return [text_colour_turn(t) for t in scene["texts"] if colours.count(t["colour"]) == 1]
     raise ValueError(f"synth: no questions for category {category!r}")
 
 

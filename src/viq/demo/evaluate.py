@@ -4,9 +4,9 @@
   quantized stage-2-2 model fed from the stored codes (no encoder), and two blind baselines of the
   stage-2-2 model (another sample's image; no image at all).
 - A fit check: the stage-1 model on the first questions of its own training images, with each
-  image and with another sample's image. Equal scores mean the LLM answers from the question
-  alone even on images it trained on (an optimisation limit of the schedule, not of
-  generalisation or of quantization).
+  image and with another sample's image, and the share of answers that are the same both ways.
+  When the image changes (almost) nothing, the LLM answers from the question alone even on images
+  it trained on (a limit of the training schedule, not of generalisation or of quantization).
 - Reconstruction from codes (`viq.eval.reconstruction`) of held-out synthetic images and of the
   real photos that ship inside installed packages (`viq.data.photos`), at native aspect ratio.
 - Codes: usage and perplexity over the test split's codes; storage as raw RGB, uint16 and
