@@ -9,7 +9,9 @@ import math
 
 import pytest
 
+from viq.demo.ablate import GROUPS, ablate, add_to_report, to_markdown
 from viq.demo.pipeline import DemoPlan, run_demo
+from viq.demo.text_oracle import GROUP
 
 TINY = DemoPlan(synth_n=40, vae_steps=3, teacher_steps=3, steps=(3, 2, 3), eval_limit=4,
                 fit_limit=3, recon_images=2, photos=1, llm="tiny", llm_layers=(),
@@ -56,6 +58,12 @@ def test_reduced_demo_end_to_end(tmp_path):
     # a rerun skips every finished step
     again = run_demo(out, plan=TINY, progress=False)
     assert again["timings"]["stage1"] < results["timings"]["stage1"] + 5
+    # viq ablate reuses the demo's pieces: every group has rows, every number is finite
+    rows = ablate(out, plan=TINY, progress=False)
+    assert [r["group"] for r in rows] == [g for g in GROUPS for _ in range(3)] + [GROUP] * 2
+    assert _finite(rows) and all(0 <= r["accuracy"] <= 1 for r in rows)
+    assert to_markdown(rows).count("\n") == len(rows) + 1
+    assert "Ablations (viq ablate)" in add_to_report(out, rows).read_text()
 
 
 def test_fit_note_says_when_the_image_changes_nothing():

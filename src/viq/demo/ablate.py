@@ -13,10 +13,17 @@ golden RoPE, text + distill + recon), which is the reference row of every group:
 - position before quantization: none; learned table; RoPE;
 - losses: text only; text + distill; text + distill + recon.
 
-The table is printed and written to ``D/ablation.json`` / ``D/ablation.md`` next to the paper's
-numbers (avg of 8 benchmarks, Qwen2.5-3B), honest whatever it shows. Each variant costs about one
-demo stage 2-2: the whole study takes ~7 stage runs (measured with --quick: 2 min 10 s on 2
-quiet cores; the default schedule runs ~3× more steps). Results: docs/demo.md.
+A last group says how much an LLM of the demo's size and training can answer at all
+(`viq.demo.text_oracle`): the demo's stage 1 trained with each image replaced by its caption as
+text, scored with the caption (a perfect visual pathway) and with the question alone (its answer
+prior), for the demo's kept LLM layers and for all of them. Where the ViQ rows stay at the blind
+baseline, this group shows whether the LLM could have done better given the image's content.
+
+The table is printed and written to ``D/ablation.json`` / ``D/ablation.md`` and as a section of
+the demo's ``D/report.html``, next to the paper's numbers (avg of 8 benchmarks, Qwen2.5-3B),
+honest whatever it shows. Each ViQ variant costs about one demo stage 2-2 (~7 stage runs in
+all); the caption group two stage-1-length LLM runs, the one with all layers ~4.5× slower
+(``--quick``: 6 min 19 s in all on 2 quiet cores; docs/demo.md).
 """
 
 from __future__ import annotations
@@ -89,45 +96,68 @@ def _score(run: Path, data: Path, plan, progress: bool) -> dict:
     return row
 
 
-def ablate(demo: str | Path, quick: bool = False, progress: bool = True) -> list[dict]:
+GROUPS = ("quantizer path", "position", "losses")
+
+
+def ablate(demo: str | Path, quick: bool = False, progress: bool = True,
+           plan=None) -> list[dict]:
+    """Every row of the study (see the module docstring); ``plan`` replaces the demo's default /
+    quick schedule (it must be the one the demo ran with)."""
     from viq.demo.pipeline import QUICK, DemoPlan
+    from viq.demo.text_oracle import caption_oracle
 
     demo = Path(demo)
     for need in ("data", "vae", "teacher", "stage1", "stage2_1", "stage2_2"):
         if not (demo / need).exists():
             raise FileNotFoundError(f"{demo / need} is missing: run `viq demo --out {demo}` "
                                     "first (the ablation reuses its pieces)")
-    plan = QUICK if quick else DemoPlan()
+    plan = plan or (QUICK if quick else DemoPlan())
     rows = []
     ref = _score(demo / "stage2_2", demo / "data", plan, progress)
     for group, name, sets, init in VARIANTS:
         run = _run_variant(demo, name, sets, init, plan, progress)
         rows.append({"group": group, "variant": name, "paper": PAPER[name],
                      **_score(run, demo / "data", plan, progress)})
-    for group, name in zip(("quantizer path", "position", "losses"), REFERENCE, strict=True):
+    for group, name in zip(GROUPS, REFERENCE, strict=True):
         rows.append({"group": group, "variant": name + " (the demo's stage 2-2)",
                      "paper": PAPER[name], **ref})
-    rows.sort(key=lambda r: ("quantizer path", "position", "losses").index(r["group"]))
-    return rows
+    rows.sort(key=lambda r: GROUPS.index(r["group"]))
+    return rows + caption_oracle(demo, plan, progress)
 
 
 def to_markdown(rows: list[dict]) -> str:
-    lines = ["| group | variant | accuracy (ours) | PSNR dB (ours) | distinct codes / perplexity "
-             "(ours) | paper avg (8 benchmarks) |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        psnr = f"{r['psnr']:.2f}" if "psnr" in r else "–"
-        paper = "–" if r["paper"] is None else f"{r['paper']:.1f}"
-        lines.append(f"| {r['group']} | {r['variant']} | {100 * r['accuracy']:.1f} % | {psnr} | "
-                     f"{r['distinct_codes']} / {r['perplexity']:.0f} | {paper} |")
+    from viq.eval.report import ABLATION_HEAD, ablation_rows
+
+    lines = ["| " + " | ".join(ABLATION_HEAD) + " |", "|" + "---|" * len(ABLATION_HEAD)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in ablation_rows(rows)]
     return "\n".join(lines)
+
+
+def add_to_report(demo: Path, rows: list[dict]) -> Path | None:
+    """Rewrite the demo's ``report.html`` with an ablation section (when the demo wrote one)."""
+    from viq.eval.report import write_html
+
+    path = demo / "results.json"
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    results["ablation"] = rows
+    return write_html(results, demo)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="viq ablate", description=__doc__.split("\n")[0],
-                                epilog="Run `viq demo --out DIR` first; see docs/demo.md.")
+                                epilog="Run `viq demo --out DIR` first. Groups: quantizer path, "
+                                "position and losses (stage-2-2 variants against the demo's "
+                                "own), and what the demo's LLM answers given each image's "
+                                "caption as text (with its layers and with all of them). Writes "
+                                "DIR/ablation.md, DIR/ablation.json and a section of "
+                                "DIR/report.html. --quick: ~6 min on 2 cores; the default "
+                                "schedule several times that. See docs/demo.md.")
     p.add_argument("--demo", type=Path, default=Path("viq_demo_out"),
                    help="the demo's output folder (default viq_demo_out)")
-    p.add_argument("--quick", action="store_true", help="the demo's --quick schedule")
+    p.add_argument("--quick", action="store_true",
+                   help="the demo's --quick schedule (use the schedule the demo ran with)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     try:
@@ -139,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     (args.demo / "ablation.md").write_text(table + "\n")
     (args.demo / "ablation.json").write_text(json.dumps(rows, indent=1))
+    report = add_to_report(args.demo, rows)
+    print(f"written: {args.demo / 'ablation.md'}, {args.demo / 'ablation.json'}"
+          + (f", the ablation section of {report}" if report else ""))
     return 0
 
 

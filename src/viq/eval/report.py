@@ -93,9 +93,15 @@ def plot_usage(counts: torch.Tensor, out: Path) -> Path:
     return path
 
 
-def _table(rows: list[list[str]], head: list[str]) -> str:
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
+def _table(rows: list[list[str]], head: list[str], text_columns: int = 1) -> str:
+    """An HTML table; the first ``text_columns`` columns are left-aligned, the rest (numbers)
+    right-aligned."""
+    def cell(tag: str, i: int, c) -> str:
+        left = " class='l'" if i < text_columns else ""
+        return f"<{tag}{left}>{html.escape(str(c))}</{tag}>"
+
+    th = "".join(cell("th", i, h) for i, h in enumerate(head))
+    body = "".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(r)) + "</tr>"
                    for r in rows)
     return f"<table><tr>{th}</tr>{body}</table>"
 
@@ -115,9 +121,33 @@ def understanding_table(conds: dict) -> str:
     return _table(rows, head)
 
 
+ABLATION_HEAD = ["group", "variant", "accuracy (ours)", "PSNR dB (ours)",
+                 "distinct codes / perplexity (ours)", "paper avg (8 benchmarks)"]
+
+
+def ablation_rows(rows: list[dict]) -> list[list[str]]:
+    """``viq ablate``'s rows (`viq.demo.ablate`) as text cells under `ABLATION_HEAD`."""
+    out = []
+    for r in rows:
+        psnr = f"{r['psnr']:.2f}" if "psnr" in r else "–"
+        codes = (f"{r['distinct_codes']} / {r['perplexity']:.0f}" if "distinct_codes" in r
+                 else "–")
+        paper = "–" if r.get("paper") is None else f"{r['paper']:.1f}"
+        out.append([r["group"], r["variant"], _pct(r["accuracy"]), psnr, codes, paper])
+    return out
+
+
+ABLATION_NOTE = ("Each ViQ group changes one thing against the demo's own stage 2-2 (its reference "
+                 "row); accuracy is exact match on the test split, PSNR and codes on held-out "
+                 "images. The last group trains the demo's LLM on the same questions with each "
+                 "image replaced by its caption as text: with the caption it is the most that "
+                 "perfect image features could give this LLM in the demo's steps, with the "
+                 "question alone its answer prior.")
+
+
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto;color:#222}
 table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #ccc;padding:4px 10px;
-text-align:right}th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
+text-align:right}th{background:#f2f2f2}.l{text-align:left}
 img{max-width:100%;border:1px solid #ddd;margin:6px 0}.note{color:#666;font-size:90%}
 h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}"""
 
@@ -167,6 +197,10 @@ def write_html(results: dict, out: Path) -> Path:
                   "vs fed from stored codes, same rows. The paper (SigLIP2-g beside a 0.5–1.5B "
                   "LLM) measures > 20 % (4k tokens) to > 40 % (16k) faster steps; the demo's "
                   "encoder is tiny beside SmolLM2, so little is saved here.</p>"]
+    if r.get("ablation"):
+        parts += ["<h2>Ablations (viq ablate)</h2>",
+                  _table(ablation_rows(r["ablation"]), ABLATION_HEAD, text_columns=2),
+                  f"<p class='note'>{html.escape(ABLATION_NOTE)}</p>"]
     parts += ["<h2>Training</h2>",
               f"<img src='{html.escape(r.get('figures', {}).get('losses', ''))}'>",
               _table([[k, v] for k, v in r.get("timings", {}).items()], ["step", "seconds"]),

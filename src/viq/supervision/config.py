@@ -44,7 +44,8 @@ class LLMConfig:
     decoder layers to keep, in order (empty = all). A pretrained LM without its middle layers
     costs N/L of the compute per token and keeps its first layers (token features) and last ones
     (what the final norm and LM head expect): 10 of SmolLM2's 30 train ~3× more samples a second
-    on a CPU (docs/demo.md). The demo and the paper's runs keep every layer.
+    on a CPU (docs/demo.md). The paper's runs keep every layer; the demo keeps 6 of SmolLM2's
+    30 (`viq.demo.pipeline.DemoPlan.llm_layers`).
     """
 
     source: str = "tiny"

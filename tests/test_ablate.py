@@ -1,0 +1,32 @@
+"""`viq ablate`'s table: markdown and the demo report's section, for ViQ rows (accuracy, PSNR,
+codes, the paper's number) and the caption rows (accuracy only)."""
+
+from __future__ import annotations
+
+import json
+
+from viq.demo.ablate import add_to_report, to_markdown
+
+ROWS = [{"group": "losses", "variant": "text only", "paper": 61.3, "accuracy": 0.1,
+         "distinct_codes": 75, "perplexity": 7.2},
+        {"group": "losses", "variant": "text + distill + recon", "paper": 68.7, "accuracy": 0.125,
+         "psnr": 17.456, "distinct_codes": 96, "perplexity": 6.2},
+        {"group": "LLM: the caption as text (no image)", "variant": "caption as text, LLM all "
+         "layers", "paper": None, "accuracy": 0.52, "per_category": {"ocr": 0.76}}]
+
+
+def test_markdown_has_one_row_per_result_and_dashes_for_what_a_row_lacks():
+    lines = to_markdown(ROWS).splitlines()
+    assert len(lines) == 2 + len(ROWS)
+    assert lines[2] == "| losses | text only | 10.0 % | – | 75 / 7 | 61.3 |"
+    assert lines[3] == "| losses | text + distill + recon | 12.5 % | 17.46 | 96 / 6 | 68.7 |"
+    assert lines[4].endswith("| 52.0 % | – | – | – |")
+
+
+def test_the_demo_report_gets_an_ablation_section(tmp_path):
+    assert add_to_report(tmp_path, ROWS) is None  # no demo results: nothing to rewrite
+    (tmp_path / "results.json").write_text(json.dumps({"understanding": {}}))
+    html = add_to_report(tmp_path, ROWS).read_text()
+    assert "Ablations (viq ablate)" in html and "caption as text, LLM all layers" in html
+    assert html.count("<tr>") >= len(ROWS) + 1
+    assert json.loads((tmp_path / "results.json").read_text())["ablation"] == ROWS
