@@ -48,3 +48,16 @@ def test_flag_set_is_frozen(command, monkeypatch, capsys):
         viq_main([*command.split(), "--help"])
     flags = {s for s in seen[-1]._option_string_actions if s not in ("-h", "--help")}
     assert flags == set(FLAGS[command].split())
+
+
+def test_quiet_also_hides_the_hugging_face_loading_bars():
+    from transformers.utils import logging
+
+    from viq.backends.llm import quiet_loading
+
+    logging.enable_progress_bar()
+    try:
+        quiet_loading()
+        assert not logging.is_progress_bar_enabled()
+    finally:
+        logging.enable_progress_bar()

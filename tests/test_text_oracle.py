@@ -32,10 +32,19 @@ def test_text_only_puts_the_caption_in_place_of_the_image():
 @pytest.mark.parametrize("change, words", [({"caption": None}, "no caption"),
                                            ({"caption": "  "}, "no caption"),
                                            ({"conversations": [{"from": "human", "value": "Hi"}]},
+                                            "its first question has no <image>"),
+                                           ({"conversations": "<image> hi"},
+                                            "its first question has no <image>"),
+                                           ({"conversations": [{"from": "human", "value": 3}]},
                                             "its first question has no <image>")])
 def test_text_only_names_the_sample_it_cannot_use(change, words):
     with pytest.raises(ValueError, match=f"sample s-1: {words}"):
         text_only({**RECORD, **change}, True)
+
+
+def test_a_record_that_is_not_an_object_is_refused_plainly():
+    with pytest.raises(ValueError, match="a record is a list"):
+        text_only([RECORD], True)
 
 
 def test_caption_oracle_trains_and_scores_both_ways(tmp_path):

@@ -147,6 +147,14 @@ def tiny_qwen2(vocab_size: int, hidden: int = 32, layers: int = 2, heads: int = 
     return model.eval()
 
 
+def quiet_loading() -> None:
+    """Hide the Hugging Face libraries' own weight-loading bars for the rest of the process (a
+    command's ``--quiet``: our bars are off, theirs would still print)."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
 def keep_layers(model, keep: Sequence[int]):
     """Keep only the decoder layers ``keep`` (indices, in order) of a Hugging Face decoder-only
     LM, in place; the embeddings, final norm and LM head stay. Empty ``keep``: unchanged.

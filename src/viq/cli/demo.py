@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     check_out_dir(args.out, "--out")
     from viq.demo.pipeline import run_demo
 
+    if args.quiet:
+        from viq.backends.llm import quiet_loading
+
+        quiet_loading()
     results = run_demo(args.out, quick=args.quick, progress=not args.quiet)
     u = results["understanding"]
     print("\nunderstanding (test split, exact match):")

@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     from viq.data.score import format_table
     from viq.eval.understanding import evaluate, load_run
 
+    if args.quiet:
+        from viq.backends.llm import quiet_loading
+
+        quiet_loading()
     try:
         obj = load_run(args.run)
         results: dict = {"run": str(args.run)}

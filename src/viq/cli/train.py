@@ -96,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     from viq.train import dist
     from viq.train.loop import train
 
+    if args.quiet:
+        from viq.backends.llm import quiet_loading
+
+        quiet_loading()
     try:
         result = train(cfg, args.out_dir, resume=args.resume, progress=not args.quiet)
     except (ValueError, FileNotFoundError) as e:

@@ -160,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="the demo's --quick schedule (use the schedule the demo ran with)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    if args.quiet:
+        from viq.backends.llm import quiet_loading
+
+        quiet_loading()
     try:
         rows = ablate(args.demo, args.quick, not args.quiet)
     except (FileNotFoundError, ValueError) as e:

@@ -34,6 +34,9 @@ IMAGE = "<image>"
 def text_only(record: dict, with_caption: bool) -> dict:
     """A copy of a synthetic benchmark record without its image: the first human turn's
     ``<image>`` becomes ``Image: <caption>`` (``with_caption``) or disappears."""
+    if not isinstance(record, dict):
+        raise ValueError(f"a record is a {type(record).__name__}, not an object; the caption "
+                         "oracle needs the synthetic benchmark (viq data synth)")
     key = record.get("id", "?")
     caption = record.get("caption")
     if not isinstance(caption, str) or not caption.strip():
@@ -41,8 +44,10 @@ def text_only(record: dict, with_caption: bool) -> dict:
                          "benchmark (viq data synth), whose records carry one")
     out = copy.deepcopy(record)
     out.pop("image", None)
-    first = next((t for t in out.get("conversations", []) if t.get("from") == "human"), None)
-    if first is None or IMAGE not in first.get("value", ""):
+    turns = out.get("conversations")
+    turns = turns if isinstance(turns, list) else []
+    first = next((t for t in turns if isinstance(t, dict) and t.get("from") == "human"), None)
+    if first is None or not isinstance(first.get("value"), str) or IMAGE not in first["value"]:
         raise ValueError(f"sample {key}: its first question has no {IMAGE} to replace")
     text = first["value"]
     first["value"] = (text.replace(IMAGE, "Image: " + caption.strip(), 1) if with_caption
@@ -54,7 +59,13 @@ def write_splits(data: Path, out: Path) -> Path:
     """``train`` / ``val`` / ``test`` with captions and ``test_question_only`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val", "test"):
-        records = json.loads((data / f"{split}.json").read_text())
+        path = data / f"{split}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the caption oracle reads the demo's "
+                                    "synthetic benchmark (viq data synth)")
+        records = json.loads(path.read_text())
+        if not isinstance(records, list):
+            raise ValueError(f"{path}: a list of samples is expected")
         (out / f"{split}.json").write_text(json.dumps([text_only(r, True) for r in records]))
         if split == "test":
             (out / "test_question_only.json").write_text(
