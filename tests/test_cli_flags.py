@@ -16,7 +16,7 @@ FLAGS = {
     "extract": "--bad-samples --center-crop --checkpoint --device --dtype --image-root "
                "--max-tokens --num-shards --out --preset --quiet --random-init --resize --seed "
                "--set --shard-index --size --weights --workers",
-    "bench mllm-speedup": "--device --quick --repeats",
+    "bench mllm-speedup": "--device --dtype --paper --quick --repeats",
     "encode": "--center-crop --checkpoint --device --dtype --max-tokens --out --overwrite "
               "--preset --quiet --random-init --resize --seed --set --size --weights -o",
     "decode": "--device --dtype --out --overwrite --preset --quiet --random-init --seed --set "
