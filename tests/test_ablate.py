@@ -30,3 +30,38 @@ def test_the_demo_report_gets_an_ablation_section(tmp_path):
     assert "Ablations (viq ablate)" in html and "caption as text, LLM all layers" in html
     assert html.count("<tr>") >= len(ROWS) + 1
     assert json.loads((tmp_path / "results.json").read_text())["ablation"] == ROWS
+
+
+def test_a_demo_folder_keeps_its_schedule(tmp_path, capsys):
+    """The demo folder records its plan; the demo and the ablation refuse another schedule
+    before doing any work, naming what differs; old folders are checked by results.json."""
+    import dataclasses
+
+    import pytest
+
+    from viq.cli.main import main
+    from viq.demo.ablate import ablate
+    from viq.demo.pipeline import PLAN_FILE, QUICK, DemoPlan, check_plan
+
+    demo = tmp_path / "d"
+    for need in ("data", "vae", "teacher", "stage1", "stage2_1", "stage2_2"):
+        (demo / need).mkdir(parents=True)
+    check_plan(demo, DemoPlan())  # nothing recorded: anything goes
+    (demo / PLAN_FILE).write_text(json.dumps(json.loads(json.dumps(
+        dataclasses.asdict(QUICK)))))
+    check_plan(demo, QUICK)
+    with pytest.raises(ValueError, match="another schedule .eval_limit: 30 there, 0 now; .*"
+                       "and 5 more.*--quick or not"):
+        check_plan(demo, DemoPlan())
+    with pytest.raises(ValueError, match="another schedule"):
+        ablate(demo, quick=False, progress=False)
+    assert main(["ablate", "--demo", str(demo)]) == 2
+    assert "another schedule" in capsys.readouterr().err
+    assert main(["demo", "--out", str(demo), "--quiet"]) == 2
+    assert "another schedule" in capsys.readouterr().err
+    old = tmp_path / "old"  # written before plan.json: its results.json plan is the reference
+    old.mkdir()
+    (old / "results.json").write_text(json.dumps({"plan": {"synth_n": 300, "quick": True}}))
+    check_plan(old, QUICK)
+    with pytest.raises(ValueError, match="synth_n: 300 there, 1000 now"):
+        check_plan(old, DemoPlan())

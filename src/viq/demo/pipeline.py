@@ -3,7 +3,9 @@
     viq demo                  # default (9–11 min on 2 cores)
     viq demo --quick          # a shorter schedule (3–3.5 min)
 
-Steps, each resumable (rerunning after an interruption continues; finished steps are skipped):
+Steps, each resumable (rerunning after an interruption continues; finished steps are skipped).
+The folder's schedule is kept in ``plan.json``; continuing the folder with another one (``--quick``
+or not) is refused (`check_plan`), since its finished steps would be reused as they are:
 
 1. ``data/``     the synthetic VQA benchmark (`viq.data.synth`: train/val/test + PNG images; each
                  training image asks up to ``train_turns`` questions, `viq.data.synth_turns`)
@@ -56,6 +58,35 @@ class DemoPlan:
 QUICK = DemoPlan(synth_n=300, vae_steps=50, teacher_steps=200, steps=(150, 16, 30),
                  eval_limit=30, fit_limit=30, recon_images=6, photos=2)
 STAGES = ("stage1", "stage2_1", "stage2_2")
+
+
+PLAN_FILE = "plan.json"
+
+
+def _plan_dict(plan: DemoPlan) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(plan)))  # tuples → lists, as stored
+
+
+def check_plan(out: Path, plan: DemoPlan) -> None:
+    """A demo folder holds one schedule. Continuing it (or ablating it) with another would reuse
+    its finished steps as they are beside steps of the new schedule, so that is refused, naming
+    the fields that differ. Folders written before ``plan.json`` existed are checked against the
+    plan in their ``results.json`` (on the fields both know), or not at all."""
+    out = Path(out)
+    want = _plan_dict(plan)
+    if (out / PLAN_FILE).is_file():
+        have = json.loads((out / PLAN_FILE).read_text())
+    elif (out / "results.json").is_file():
+        have = json.loads((out / "results.json").read_text()).get("plan", {})
+        have = {k: v for k, v in have.items() if k in want}
+    else:
+        return
+    diff = sorted(k for k in have if have[k] != want.get(k))
+    if diff:
+        shown = "; ".join(f"{k}: {have[k]} there, {want.get(k)} now" for k in diff[:3])
+        more = f"; and {len(diff) - 3} more" if len(diff) > 3 else ""
+        raise ValueError(f"{out} holds a demo with another schedule ({shown}{more}); use the "
+                         "options it was started with (--quick or not) or another folder")
 
 
 def _say(text: str, progress: bool) -> None:
@@ -138,8 +169,13 @@ def run_demo(out: str | Path = "viq_demo_out", quick: bool = False, progress: bo
     from viq.demo.vae import train_vae
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     plan = plan or (QUICK if quick else DemoPlan())
+    check_plan(out, plan)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / PLAN_FILE).is_file():
+        from viq.demo.resume import write_json_atomic
+
+        write_json_atomic(out / PLAN_FILE, _plan_dict(plan))
     timings: dict[str, float] = {}
 
     def timed(name: str, fn):
