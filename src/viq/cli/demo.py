@@ -47,17 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_out_dir(args.out, "--out")
-    from viq.demo.pipeline import QUICK, DemoPlan, check_plan, run_demo
+    from viq.demo.pipeline import ScheduleMismatch, run_demo
 
-    try:
-        check_plan(args.out, QUICK if args.quick else DemoPlan())
-    except ValueError as e:
-        raise UsageError(str(e)) from None
     if args.quiet:
         from viq.backends.llm import quiet_loading
 
         quiet_loading()
-    results = run_demo(args.out, quick=args.quick, progress=not args.quiet)
+    try:  # run_demo checks the folder's schedule before any work
+        results = run_demo(args.out, quick=args.quick, progress=not args.quiet)
+    except ScheduleMismatch as e:
+        raise UsageError(str(e)) from None
     u = results["understanding"]
     print("\nunderstanding (test split, exact match):")
     for name, r in u.items():

@@ -67,6 +67,10 @@ def _plan_dict(plan: DemoPlan) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(plan)))  # tuples → lists, as stored
 
 
+class ScheduleMismatch(ValueError):
+    """The folder holds a demo made with another schedule (`check_plan`)."""
+
+
 def check_plan(out: Path, plan: DemoPlan) -> None:
     """A demo folder holds one schedule. Continuing it (or ablating it) with another would reuse
     its finished steps as they are beside steps of the new schedule, so that is refused, naming
@@ -85,8 +89,9 @@ def check_plan(out: Path, plan: DemoPlan) -> None:
     if diff:
         shown = "; ".join(f"{k}: {have[k]} there, {want.get(k)} now" for k in diff[:3])
         more = f"; and {len(diff) - 3} more" if len(diff) > 3 else ""
-        raise ValueError(f"{out} holds a demo with another schedule ({shown}{more}); use the "
-                         "options it was started with (--quick or not) or another folder")
+        raise ScheduleMismatch(f"{out} holds a demo with another schedule ({shown}{more}); use "
+                               "the options it was started with (--quick or not) or another "
+                               "folder")
 
 
 def _say(text: str, progress: bool) -> None:
