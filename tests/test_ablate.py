@@ -65,3 +65,29 @@ def test_a_demo_folder_keeps_its_schedule(tmp_path, capsys):
     check_plan(old, QUICK)
     with pytest.raises(ValueError, match="synth_n: 300 there, 1000 now"):
         check_plan(old, DemoPlan())
+
+
+def test_a_finished_run_is_reused_only_with_its_own_recipe(tmp_path):
+    """A finished stage (or ablation run) is reused without training when its recipe is this
+    version's (paths compared by name: a moved demo folder still matches, ``run.*`` is the
+    schedule's) and refused, naming the fields, when it was trained with another one."""
+    import pytest
+
+    from viq.config import override, save_json
+    from viq.demo.pipeline import QUICK, RecipeChanged, stage_config, train_or_reuse
+
+    old, new = tmp_path / "old" / "d", tmp_path / "new" / "d"
+    run = new / "stage2_1"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "weights.safetensors").write_bytes(b"")  # "finished": never read here
+    save_json(stage_config("stage2_1", old, old / "data", QUICK),
+              run / "final" / "train_config.json")
+    cfg = stage_config("stage2_1", new, new / "data", QUICK)
+    assert train_or_reuse(cfg, run, progress=False, again="rerun") == run
+    assert train_or_reuse(override(cfg, ["run.steps=7"]), run, False, "rerun") == run
+    changed = override(cfg, ["optim.lr=0.002", "model.head.bound=l2"])
+    with pytest.raises(RecipeChanged, match=r"stage2_1 was trained with another recipe "
+                       r"\(model.head.bound: linf there, l2 now; optim.lr: 0.001 there, 0.002 "
+                       r"now\); delete it"):
+        train_or_reuse(changed, run, False, "rerun")
+    assert not (run / "config.json").exists()  # nothing was trained or written

@@ -23,7 +23,7 @@ The table is printed and written to ``D/ablation.json`` / ``D/ablation.md`` and 
 the demo's ``D/report.html``, next to the paper's numbers (avg of 8 benchmarks, Qwen2.5-3B),
 honest whatever it shows. Each ViQ variant costs about one demo stage 2-2 (~7 stage runs in
 all); the caption group two stage-1-length LLM runs, the one with all layers ~4.5× slower
-(``--quick``: 6 min 19 s in all on 2 quiet cores; docs/demo.md).
+(``--quick``: 6 min 54 s in all on 2 quiet cores; docs/demo.md).
 """
 
 from __future__ import annotations
@@ -53,22 +53,18 @@ REFERENCE = ("BN + L∞ → FSQ", "RoPE", "text + distill + recon")
 
 
 def _run_variant(demo: Path, name: str, sets: list[str], init: str, plan, progress: bool) -> Path:
-    from viq.demo.pipeline import stage_config
-    from viq.train.loop import train
+    from viq.demo.pipeline import stage_config, train_or_reuse
 
     data = demo / "data"
     out = demo / "ablation" / name.replace(" ", "_").replace("→", "to").replace("+", "and")
-    if (out / "final" / "weights.safetensors").is_file():
-        return out
     init_dir = demo / "ablation" / "l2_stage2_1" if init == "l2_2_1" else demo / init
-    if init == "l2_2_1" and not (init_dir / "final" / "weights.safetensors").is_file():
+    if init == "l2_2_1":
         cfg = override(stage_config("stage2_1", demo, data, plan),
                        ["model.head.bound=l2", f"stage.init_from={demo / 'stage1'}"])
-        train(cfg, init_dir, resume=(init_dir / "config.json").is_file(), progress=progress)
+        train_or_reuse(cfg, init_dir, progress, "rerun viq ablate")
     cfg = override(stage_config("stage2_2", demo, data, plan),
                    [f"stage.init_from={init_dir}", *sets])
-    train(cfg, out, resume=(out / "config.json").is_file(), progress=progress)
-    return out
+    return train_or_reuse(cfg, out, progress, "rerun viq ablate")
 
 
 def _score(run: Path, data: Path, plan, progress: bool) -> dict:

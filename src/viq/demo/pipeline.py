@@ -5,12 +5,14 @@
 
 Steps, each resumable (rerunning after an interruption continues; finished steps are skipped).
 The folder's schedule is kept in ``plan.json``; continuing the folder with another one (``--quick``
-or not) is refused (`check_plan`), since its finished steps would be reused as they are:
+or not) is refused (`check_plan`), since its finished steps would be reused as they are; a
+finished training run is reused only with this version's recipe (`train_or_reuse`):
 
 1. ``data/``     the synthetic VQA benchmark (`viq.data.synth`: train/val/test + PNG images; each
                  training image asks up to ``train_turns`` questions, `viq.data.synth_turns`)
-2. ``vae/``      a small diffusers AutoencoderKL trained on it (`viq.demo.vae`): the latent target
-                 of L_recon and the decoder of reconstructions
+2. ``vae/``      a small diffusers AutoencoderKL, started as the exact 8× block-colour autoencoder
+                 (`viq.demo.vae_init`) and trained on it (`viq.demo.vae`): the latent target of
+                 L_recon and the decoder of reconstructions
 3. ``teacher/``  a miniature SigLIP: a small ViT trained sigmoid-contrastively against frozen
                  MiniLM sentence embeddings, plus the shape and colour under each patch
                  (`viq.demo.teacher`): the distillation teacher,
@@ -134,16 +136,66 @@ def stage_config(name: str, out: Path, data: Path, plan: DemoPlan):
 
 
 def train_stage(name: str, out: Path, data: Path, plan: DemoPlan, progress: bool) -> Path:
+    return train_or_reuse(stage_config(name, out, data, plan), out / name, progress,
+                          "rerun viq demo")
+
+
+class RecipeChanged(ScheduleMismatch):
+    """A finished run in the folder was trained with another recipe than this version's."""
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _same(a, b) -> bool:
+    """Equal values; paths (strings with a /) by their last name: a moved folder still matches."""
+    if isinstance(a, str) and isinstance(b, str) and "/" in a and "/" in b:
+        return Path(a).name == Path(b).name
+    return a == b
+
+
+def check_recipe(run: Path, cfg) -> None:
+    """Raise `RecipeChanged` when the finished ``run`` was trained with another configuration
+    than ``cfg`` (``run.*`` aside: steps and checkpointing are the schedule's, `check_plan`).
+    Fields one side does not know (a newer or older version's) are not compared."""
+    from viq.config import to_dict
+
+    path = Path(run) / "final" / "train_config.json"
+    if not path.is_file():
+        return
+    have = _flat(json.loads(path.read_text()))
+    want = _flat(json.loads(json.dumps(to_dict(cfg))))
+    diff = sorted(k for k in have.keys() & want.keys()
+                  if not k.startswith("run.") and not _same(have[k], want[k]))
+    if diff:
+        shown = "; ".join(f"{k}: {have[k]} there, {want[k]} now" for k in diff[:3])
+        more = f"; and {len(diff) - 3} more" if len(diff) > 3 else ""
+        raise RecipeChanged(f"{run} was trained with another recipe ({shown}{more}); delete "
+                            "it (and the runs that start from it) to train it again, or use "
+                            "another folder")
+
+
+def train_or_reuse(cfg, run: Path, progress: bool, again: str) -> Path:
+    """Train ``cfg`` into ``run``; continue it after an interruption; reuse it when finished
+    with the same recipe (`check_recipe`). ``again``: what to rerun to continue, for the
+    message of a run stopped by a signal."""
     from viq.train.loop import train
 
-    run = out / name
+    run = Path(run)
     if (run / "final" / "weights.safetensors").is_file():
-        _say(f"[{name}] done already ({run})", progress)
+        check_recipe(run, cfg)
+        _say(f"[{run.name}] done already ({run})", progress)
         return run
-    cfg = stage_config(name, out, data, plan)
     res = train(cfg, run, resume=(run / "config.json").is_file(), progress=progress)
     if res.stopped:
-        raise KeyboardInterrupt(f"{name} stopped; rerun viq demo to continue")
+        raise KeyboardInterrupt(f"{run.name} stopped; {again} to continue")
     return run
 
 

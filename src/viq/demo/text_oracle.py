@@ -76,20 +76,14 @@ def write_splits(data: Path, out: Path) -> Path:
 def train_oracle(demo: Path, splits: Path, layers: tuple[int, ...], run: Path, plan,
                  progress: bool) -> Path:
     """The demo's stage 1 on the text-only splits, LoRA only (reused when finished)."""
-    from viq.demo.pipeline import stage_config
-    from viq.train.loop import train
+    from viq.demo.pipeline import stage_config, train_or_reuse
 
-    if (run / "final" / "weights.safetensors").is_file():
-        return run
     cfg = override(stage_config("stage1", demo, demo / "data", plan),
                    [f"data.train={splits / 'train.json'}", f"data.val={splits / 'val.json'}",
                     "stage.losses.distill=0", 'stage.trainable=["text.llm.*lora_*"]',
                     "stage.encoder_init=",  # no image is read: the encoder stays untouched
                     f"llm.keep_layers={list(layers)}"])
-    res = train(cfg, run, resume=(run / "config.json").is_file(), progress=progress)
-    if res.stopped:
-        raise KeyboardInterrupt(f"{run} stopped; rerun viq ablate to continue")
-    return run
+    return train_or_reuse(cfg, run, progress, "rerun viq ablate")
 
 
 def caption_oracle(demo: str | Path, plan, progress: bool = True) -> list[dict]:
