@@ -29,7 +29,8 @@ from viq.supervision.distill import build_teacher
 from viq.supervision.latent import build_vae
 
 VAE_ARGS = dict(crop=32, batch=2, channels=(8, 8, 8, 8), lr=3e-3, warmup=1, ckpt_every=2,
-                val_images=2, progress=False)
+                val_images=2, progress=False, init="random")  # learning from scratch (box init:
+# tests/test_vae_init.py)
 TEACHER_ARGS = dict(encoder=tiny_teacher_encoder(), image_size=32, batch=8, warmup=1,
                     ckpt_every=2, progress=False)
 

@@ -8,14 +8,16 @@ Part C 9).
 The paper's target is the Qwen-Image VAE (8× spatial, 16 latent channels); nothing like it ships
 offline, so the demo trains an ``AutoencoderKL`` of the same compression: 4 blocks → 3
 downsamples = 8×, ``latent_channels`` 16, one resnet per block, no mid-block attention (fully
-convolutional: a model trained on crops runs unchanged at any size). Loss: MSE on [-1, 1] pixels
-of a sampled latent + ``kl_weight``·KL (1e-6: a nearly deterministic autoencoder, as the
-reconstruction VAEs of latent diffusion), AdamW, linear warmup then a constant learning rate (so a
-run can be extended exactly, `viq.demo.resume`). Each batch: ``batch`` random ``crop``² crops of
-train images at their native scale or downscaled (more context per crop: half the crops come from
-an image shrunk by a log-uniform factor in (√r, 1], r = ``crop`` / short side). The posterior's
-log-variance starts at −10 (std e⁻⁵), so the decoder trains on latents close to the mean it is
-given at use.
+convolutional: a model trained on crops runs unchanged at any size). It starts as the colour-exact
+8× block autoencoder of `viq.demo.vae_init` (``init="box"``; ``"random"``: diffusers' init).
+Loss: MSE on [-1, 1] pixels of a sampled latent + ``kl_weight``·KL (1e-6: a nearly deterministic
+autoencoder, as the reconstruction VAEs of latent diffusion), AdamW, linear warmup then a constant
+learning rate (so a run can be extended exactly, `viq.demo.resume`); the saved weights are an
+exponential moving average of the trained ones (``ema``, its decay ramping up over the first
+steps). Each batch: ``batch`` random ``crop``² crops of train images at their native scale or
+downscaled (more context per crop: half the crops come from an image shrunk by a log-uniform
+factor in (√r, 1], r = ``crop`` / short side). The posterior's log-variance starts at −10 (std
+e⁻⁵), so the decoder trains on latents close to the mean it is given at use.
 
 Output (``out_dir``): diffusers ``save_pretrained`` (config.json + diffusion_pytorch_model.
 safetensors) — ``VAEConfig(source=str(out_dir), latent_channels=16)`` loads it through
@@ -25,31 +27,35 @@ resolution, zero-padded to a multiple of 16 as the encoder pads, measured on the
 region). The config also carries ``latents_mean`` / ``latents_std`` (per channel, from 16 train
 images) and ``scaling_factor`` 1, so ``VAEConfig(normalise=True)`` regresses unit-scale latents.
 
-MEASURED (SynthConfig(n=400, max_side=384): 320 train images; PSNR on 16 val images). A step
-takes 0.55 s on 2 idle cores (1.1 CPU s on one thread; on the shared machine, load 5–10, it
-was 2–6 s wall); data loading, latent statistics, evaluation and saving add ≈ 10 s.
+MEASURED (the default demo's data: 320 train images; PSNR and the mean error of 8×8-block
+colours on 16 val images; a step takes ≈ 0.6 s on 2 idle cores):
 
-    steps   val PSNR   CPU s on one thread (training only)
-      50    19.4 dB     50
-     100    20.0 dB    109
-     200    20.6 dB    215
-     250    20.7 dB    269 for the whole train_vae call
-     600    21.5 dB    (the 250-step run extended; about 5.5 min on 2 idle cores)
+    init, lr, ema           steps   val PSNR   block colour error R / G / B (of 255)
+    box (untrained)           0     21.5 dB    (8× block means, nearest upsampling: 21.6 dB)
+    box, 1.5e-4, 0.98        50     21.7 dB     1.6 / 1.0 / 3.8
+    box, 1e-4, 0.98         170     24.2 dB     1.3 / 1.2 / 1.5   (the default demo's recipe;
+                                                                    its own run: 24.9 dB)
+    box, 1.5e-4, 0.98       170     24.0 dB     1.6 / 1.5 / 2.2
+    box, 1.5e-4, none       170     23.7 dB     1.7 / 6.3 / 4.7
+    box, 3e-4, 0.98         170     23.1 dB     3.7 / 2.7 / 4.4
+    box, 1.5e-4, 0.98       300     25.8 dB     1.1 / 1.6 / 2.2
+    box, 2e-3, 0.98         300     20.0 dB    12.8 / 11.9 / 12.5  (training undoes the init)
+    random, 2e-3, none      170     19.2 dB    14.3 / 13.1 / 12.9  (the recipe before box init)
+    random, 2e-3, none      300     20.8 dB     9.2 / 12.4 / 10.8
+    random, 2e-3, 0.98      300     21.1 dB     9.4 / 11.1 /  9.9
 
-References on the same images: each image's mean colour 18.9 dB; 8× box downsampling + bilinear
-upsampling 23.1 dB (4×: 25.6 dB). Looked at: layouts, shapes and large text are recognisable at
-250 steps and sharp enough to read at 600, but colours are not faithful — object hues drift
-along a blue–orange axis and background tints come out as one average lavender-grey (correcting
-each channel's per-image mean alone adds 1.0–1.6 dB). Recommended: quick demo ``steps=100``
-(≈ 1 min on 2 idle cores), default ``steps=300`` (≈ 3 min); more steps keep helping. Tried and
-not kept: bf16 autocast (2.8× slower for these convolutions on CPU), widths (32, 64, 64, 64)
-(2.3× the cost per step for +0.2 dB at 50 steps), lr 5e-3 (no gain), a cosine schedule (20.7 dB
-at 250 steps, same as constant), 64² crops (worse per CPU second), GroupNorm with one channel
-per group (`norm_groups`; 17–18 dB, worse than the mean colour).
+From a random init, layouts and shapes came back but not colour: every background one off-white,
+objects brown or grey, up to 600 steps (21.5 dB) — per-image GroupNorm statistics divide a shared
+colour away (`viq.demo.vae_init`). Tried there and not kept: bf16 autocast (2.8× slower for these
+convolutions on CPU), widths (32, 64, 64, 64) (2.3× the cost per step for +0.2 dB at 50 steps),
+lr 5e-3, a cosine schedule, 64² crops, GroupNorm with one channel per group (17–18 dB), an L1
+loss (15.8 dB at 300 steps), whole images instead of crops (20.0 dB), PCA-whitened colours and
+colour-weighted losses (docs/demo.md).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -62,7 +68,9 @@ from viq.config import ImageConfig
 from viq.demo import resume
 
 CHANNELS = (16, 32, 64, 64)  # 0.97 M parameters
-LR = 2e-3
+INIT = "box"  # `viq.demo.vae_init.box_init`; "random": diffusers' own init
+LR = 1e-4  # from the box init (2e-3, fine from a random init, undoes its colours)
+EMA = 0.98  # the saved weights: an exponential moving average of the trained ones
 WARMUP = 20
 KL_WEIGHT = 1e-6
 INIT_LOGVAR = -10.0  # posterior std e^-5 at init (diffusers' default init gives std ≈ 1)
@@ -79,9 +87,16 @@ def norm_groups(channels: tuple[int, ...], per_group: int = 4) -> int:
     return g
 
 
-def build_autoencoder(latent_channels: int, channels: tuple[int, ...], seed: int):
-    """A seeded, trainable diffusers ``AutoencoderKL`` (len(channels) blocks, 8× with 4)."""
+def build_autoencoder(latent_channels: int, channels: tuple[int, ...], seed: int,
+                      init: str = "random"):
+    """A seeded, trainable diffusers ``AutoencoderKL`` (len(channels) blocks, 8× with 4);
+    ``init="box"`` starts it as the colour-exact block autoencoder of `viq.demo.vae_init`."""
     from diffusers import AutoencoderKL
+
+    from viq.demo.vae_init import box_init
+
+    if init not in ("random", "box"):
+        raise ValueError(f"VAE init {init!r}: expected 'box' or 'random'")
 
     n = len(channels)
     groups = norm_groups(channels)
@@ -95,7 +110,7 @@ def build_autoencoder(latent_channels: int, channels: tuple[int, ...], seed: int
     with torch.no_grad():  # start nearly deterministic: posterior std e^-5 (see the docstring)
         vae.quant_conv.weight[latent_channels:] = 0  # (2Z, 2Z, 1, 1): rows Z.. are the log-var
         vae.quant_conv.bias[latent_channels:] = INIT_LOGVAR
-    return vae
+    return box_init(vae) if init == "box" else vae
 
 
 def load_images(data_dir: Path, split: str, limit: int | None = None) -> list[torch.Tensor]:
@@ -181,7 +196,8 @@ def latent_stats(vae, images: list[torch.Tensor]) -> tuple[list[float], list[flo
 def train_vae(data_dir: Path, out_dir: Path, *, steps: int, seed: int = 0, crop: int = 128,
               batch: int = 8, latent_channels: int = 16, progress: bool = True,
               channels: tuple[int, ...] = CHANNELS, lr: float = LR, kl_weight: float = KL_WEIGHT,
-              warmup: int = WARMUP, ckpt_every: int = 50, val_images: int = 16) -> Path:
+              warmup: int = WARMUP, ckpt_every: int = 50, val_images: int = 16,
+              init: str = INIT, ema: float = EMA) -> Path:
     """Train (or resume, or skip when finished) the demo VAE into ``out_dir``; returns it.
 
     See the module docstring for the model, loss, outputs and recommended settings.
@@ -189,16 +205,21 @@ def train_vae(data_dir: Path, out_dir: Path, *, steps: int, seed: int = 0, crop:
     out = Path(out_dir)
     options = {"kind": "vae", "seed": seed, "crop": crop, "batch": batch,
                "latent_channels": latent_channels, "channels": list(channels), "lr": lr,
-               "kl_weight": kl_weight, "warmup": warmup}
+               "kl_weight": kl_weight, "warmup": warmup, "init": init, "ema": ema}
     if steps < 1:
         raise ValueError(f"train_vae: steps must be >= 1, got {steps}")
+    if not 0 <= ema < 1:
+        raise ValueError(f"train_vae: ema must be in [0, 1) (0: none), got {ema}")
     if resume.is_finished(out, options, steps):
         return out
     train = load_images(Path(data_dir), "train")
     val = load_images(Path(data_dir), "val", val_images)
-    vae = build_autoencoder(latent_channels, channels, seed).train()
+    vae = build_autoencoder(latent_channels, channels, seed, init).train()
+    modules = {"vae": vae}
+    if ema:
+        modules["ema"] = copy.deepcopy(vae).requires_grad_(False)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    info = resume.load_checkpoint(out, {"vae": vae}, opt, options)
+    info = resume.load_checkpoint(out, modules, opt, options)
     if info is None:
         info = {"options": options, "step": 0, "seconds": 0.0, "loss": []}
     start, t0 = info["step"], time.perf_counter() - info["seconds"]
@@ -215,14 +236,23 @@ def train_vae(data_dir: Path, out_dir: Path, *, steps: int, seed: int = 0, crop:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
+        if ema:
+            _ema_update(modules["ema"], vae, min(ema, (1 + step) / (10 + step)))
         info["loss"].append(round(mse.item(), 6))
         info["step"], info["seconds"] = step + 1, time.perf_counter() - t0
         bar.update()
         bar.set_postfix(mse=f"{info['loss'][-1]:.4f}")
         if info["step"] % ckpt_every == 0 or info["step"] == steps:
-            resume.save_checkpoint(out, {"vae": vae}, opt, info)
+            resume.save_checkpoint(out, modules, opt, info)
     bar.close()
-    return _finish(vae, out, info, train, val)
+    return _finish(modules.get("ema", vae), out, info, train, val)
+
+
+@torch.no_grad()
+def _ema_update(avg, model, decay: float) -> None:
+    """avg ← decay·avg + (1 − decay)·model (the decay ramps up over the first steps)."""
+    for a, p in zip(avg.parameters(), model.parameters(), strict=True):
+        a.lerp_(p, 1 - decay)
 
 
 def _finish(vae, out: Path, info: dict, train: list[torch.Tensor],
