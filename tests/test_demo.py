@@ -44,6 +44,9 @@ def test_reduced_demo_end_to_end(tmp_path):
             "quantized (stage 2-2, stored codes)", "stage 2-2, blind: another sample's image",
             "stage 2-2, blind: no image"} == set(conds)
     assert "MLLM training from stored codes" in html
+    rec = results["reconstruction"]  # beside each from-codes row: the demo VAE alone
+    assert all("vae_psnr" in r for r in rec.values()) and "VAE alone" in html
+    assert rec["synthetic test images"]["vae_psnr"] > 18  # its box init keeps colours (~21 dB)
     fit = results["understanding_fit"]  # stage 1 on its own training images, own vs another image
     assert {"stage 1, its own image", "stage 1, another sample's image"} == set(fit)
     assert all(r["overall"]["n"] == 3 for r in fit.values()) and "Fit check" in html

@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in u.items():
         print(f"  {name:<40} {100 * r['overall']['accuracy']:5.1f} %  (n={r['overall']['n']})")
     for name, r in results.get("reconstruction", {}).items():
-        print(f"reconstruction {name}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}")
+        vae = (f" (VAE alone: {r['vae_psnr']:.2f} dB, {r['vae_ssim']:.3f})"
+               if "vae_psnr" in r else "")
+        print(f"reconstruction {name}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}{vae}")
     s = results.get("storage", {}).get("entropy-packed")
     if s:
         print(f"storage: {s['bits_per_code']:.2f} bits/code packed, {s['ratio']:.0f}× smaller "

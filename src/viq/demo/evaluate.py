@@ -8,7 +8,8 @@
   When the image changes (almost) nothing, the LLM answers from the question alone even on images
   it trained on (a limit of the training schedule, not of generalisation or of quantization).
 - Reconstruction from codes (`viq.eval.reconstruction`) of held-out synthetic images and of the
-  real photos that ship inside installed packages (`viq.data.photos`), at native aspect ratio.
+  real photos that ship inside installed packages (`viq.data.photos`), at native aspect ratio,
+  beside the demo VAE alone on the same images (what the decoder could give).
 - Codes: usage and perplexity over the test split's codes; storage as raw RGB, uint16 and
   entropy-packed (`viq.codes.pack`), beside the paper's 96×.
 """
@@ -147,12 +148,12 @@ def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = Tru
 
     test_ids = {r["image"][0]["img_path"] for r in json.loads(test.read_text())}
     held_out = [p for p in test_images if f"images/{p.name}" in test_ids][:plan.recon_images]
-    rec, pairs = reconstruct_files(s22, held_out, keep=6)
+    rec, pairs = reconstruct_files(s22, held_out, keep=6, vae=True)
     results["reconstruction"] = {"synthetic test images": rec.to_dict()}
     figs.append(plot_reconstructions(pairs, out, "recon_synthetic.png").name)
     photos = _photos(plan.photos)
     if photos:
-        rec, pairs = reconstruct_files(s22, photos, keep=plan.photos)
+        rec, pairs = reconstruct_files(s22, photos, keep=plan.photos, vae=True)
         results["reconstruction"]["real photos"] = rec.to_dict()
         figs.append(plot_reconstructions(pairs, out, "recon_photos.png").name)
     results["figures"]["reconstructions"] = figs

@@ -4,8 +4,10 @@ The drawer of a trained stage-2 run (SPEC B4.2): ``model.embed(codes)`` (no enco
 ``latent.latent_head`` and the decoder of its frozen VAE. Images are compared at the resolution
 the encoder saw (the model's resize rule, native aspect ratio; the patch padding is cropped off),
 in [0, 1]: PSNR = 10·log10(1 / MSE) over all pixels and channels, SSIM from torchmetrics
-(Gaussian window 11, σ 1.5). Code usage over a set of images: distinct codes / codebook size, and
-perplexity = exp(entropy) of the code histogram.
+(Gaussian window 11, σ 1.5). With ``vae=True`` each image also goes through the frozen VAE alone
+(encode → decode, `vae_roundtrip`): the most a reconstruction from codes can reach with this
+decoder, which tells a VAE that loses detail from codes that do. Code usage over a set of
+images: distinct codes / codebook size, and perplexity = exp(entropy) of the code histogram.
 """
 
 from __future__ import annotations
@@ -28,9 +30,15 @@ class ReconResult:
     ssim: float
     per_image: list[dict] = field(default_factory=list)
 
+    vae_psnr: float | None = None  # the VAE alone (reconstruct_files(vae=True))
+    vae_ssim: float | None = None
+
     def to_dict(self) -> dict:
-        return {"psnr": self.psnr, "ssim": self.ssim, "n": len(self.per_image),
-                "per_image": self.per_image}
+        out = {"psnr": self.psnr, "ssim": self.ssim, "n": len(self.per_image),
+               "per_image": self.per_image}
+        if self.vae_psnr is not None:
+            out |= {"vae_psnr": self.vae_psnr, "vae_ssim": self.vae_ssim}
+        return out
 
 
 def _check_drawer(obj: Objective) -> None:
@@ -48,6 +56,17 @@ def draw(obj: Objective, codes: Sequence[ImageCodes]) -> list[torch.Tensor]:
             for lat in obj.latent.predict(feats)]
 
 
+@torch.no_grad()
+def vae_roundtrip(obj: Objective, image: torch.Tensor) -> torch.Tensor:
+    """One image (3, H, W) in [-1, 1] through the run's frozen VAE alone (latent mean → decoder),
+    same size, [-1, 1]."""
+    h, w = image.shape[1:]
+    vae = obj.latent.vae
+    x = torch.nn.functional.pad(image.float(), (0, (-w) % 8, 0, (-h) % 8))
+    x = x.to(next(vae.parameters()).device)
+    return vae.decode(vae.encode(x)[None])[0, :, :h, :w].clamp(-1, 1).cpu()
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of two images in [0, 1]."""
     mse = float(((a.float() - b.float()) ** 2).mean())
@@ -62,11 +81,12 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def reconstruct_files(obj: Objective, paths: Sequence[str | Path], keep: int = 0,
-                      codes_out: list[ImageCodes] | None = None,
-                      ) -> tuple[ReconResult, list[tuple[torch.Tensor, torch.Tensor]]]:
+                      codes_out: list[ImageCodes] | None = None, vae: bool = False,
+                      ) -> tuple[ReconResult, list[tuple[torch.Tensor, ...]]]:
     """Encode → codes → draw each image; metrics per image and on average. Returns the first
-    ``keep`` (original, reconstruction) pairs in [0, 1] for figures; each image's codes are
-    appended to ``codes_out`` when given (so a caller needs no second encoder pass)."""
+    ``keep`` (original, reconstruction[, VAE alone]) tuples in [0, 1] for figures; each image's
+    codes are appended to ``codes_out`` when given (so a caller needs no second encoder pass).
+    ``vae``: also the VAE alone (``vae_psnr`` / ``vae_ssim``, per image and on average)."""
     _check_drawer(obj)
     per, pairs = [], []
     for path in paths:
@@ -79,11 +99,19 @@ def reconstruct_files(obj: Objective, paths: Sequence[str | Path], keep: int = 0
         x, y = img * 0.5 + 0.5, rec[:, :h, :w].cpu() * 0.5 + 0.5
         per.append({"image": str(path), "size": [int(w), int(h)], "psnr": psnr(x, y),
                     "ssim": ssim(x, y)})
+        shown = (x, y)
+        if vae:
+            v = vae_roundtrip(obj, img) * 0.5 + 0.5
+            per[-1] |= {"vae_psnr": psnr(x, v), "vae_ssim": ssim(x, v)}
+            shown += (v,)
         if len(pairs) < keep:
-            pairs.append((x, y))
+            pairs.append(shown)
     n = max(1, len(per))
-    return ReconResult(sum(r["psnr"] for r in per) / n, sum(r["ssim"] for r in per) / n,
-                       per), pairs
+    res = ReconResult(sum(r["psnr"] for r in per) / n, sum(r["ssim"] for r in per) / n, per)
+    if vae and per:
+        res.vae_psnr = sum(r["vae_psnr"] for r in per) / n
+        res.vae_ssim = sum(r["vae_ssim"] for r in per) / n
+    return res, pairs
 
 
 def code_usage(codes: Sequence[ImageCodes]) -> dict:

@@ -52,21 +52,23 @@ def plot_losses(runs: dict[str, Path], out: Path) -> Path:
     return path
 
 
-def plot_reconstructions(pairs: list[tuple[torch.Tensor, torch.Tensor]], out: Path,
+def plot_reconstructions(pairs: list[tuple[torch.Tensor, ...]], out: Path,
                          name: str = "reconstructions.png") -> Path:
-    """Originals (top) and reconstructions from codes (bottom), native aspect ratios."""
+    """Originals (top), reconstructions from codes and, when given, the VAE alone (below),
+    native aspect ratios."""
     plt = _plt()
     n = max(1, len(pairs))
-    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.4), squeeze=False)
-    for i, (x, y) in enumerate(pairs):
-        for row, img in enumerate((x, y)):
+    rows = len(pairs[0]) if pairs else 2
+    fig, axes = plt.subplots(rows, n, figsize=(2.6 * n, 2.7 * rows), squeeze=False)
+    for i, shown in enumerate(pairs):
+        for row, img in enumerate(shown):
             ax = axes[row][i]
             ax.imshow(img.clamp(0, 1).permute(1, 2, 0).numpy())
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[0][i].set_title(f"{x.shape[2]}×{x.shape[1]}", fontsize=8)
-    axes[0][0].set_ylabel("original")
-    axes[1][0].set_ylabel("from codes")
+        axes[0][i].set_title(f"{shown[0].shape[2]}×{shown[0].shape[1]}", fontsize=8)
+    for row, label in enumerate(("original", "from codes", "VAE alone")[:rows]):
+        axes[row][0].set_ylabel(label)
     fig.tight_layout()
     path = out / name
     fig.savefig(path, dpi=110)
@@ -108,6 +110,17 @@ def _table(rows: list[list[str]], head: list[str], text_columns: int = 1) -> str
 
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f} %"
+
+
+RECON_NOTE = ("From codes: codes → embeddings → latent head → the demo VAE's decoder. VAE "
+              "alone: the same images through that VAE's encoder and decoder, the most a "
+              "reconstruction "
+              "from codes can reach with it; where the two differ, the codes lack what the "
+              "VAE keeps.")
+
+
+def _vae_cell(v: dict) -> str:
+    return f"{v['vae_psnr']:.2f} / {v['vae_ssim']:.3f}" if "vae_psnr" in v else "–"
 
 
 def understanding_table(conds: dict) -> str:
@@ -168,9 +181,11 @@ def write_html(results: dict, out: Path) -> Path:
                   understanding_table(fit),
                   f"<p class='note'>{html.escape(r.get('fit_note', ''))}</p>"]
     rec = r.get("reconstruction", {})
-    rows = [[k, f"{v['psnr']:.2f}", f"{v['ssim']:.3f}", v["n"]] for k, v in rec.items()]
+    rows = [[k, f"{v['psnr']:.2f}", f"{v['ssim']:.3f}", _vae_cell(v), v["n"]]
+            for k, v in rec.items()]
     parts += ["<h2>Reconstruction from codes</h2>",
-              _table(rows, ["images", "PSNR dB", "SSIM", "n"])]
+              _table(rows, ["images", "PSNR dB", "SSIM", "VAE alone: PSNR / SSIM", "n"]),
+              f"<p class='note'>{html.escape(RECON_NOTE)}</p>"]
     for fig in r.get("figures", {}).get("reconstructions", []):
         parts.append(f"<img src='{html.escape(fig)}'>")
     u = r.get("codes", {})
