@@ -89,11 +89,15 @@ def check_plan(out: Path, plan: DemoPlan) -> None:
         return
     diff = sorted(k for k in have if have[k] != want.get(k))
     if diff:
-        shown = "; ".join(f"{k}: {have[k]} there, {want.get(k)} now" for k in diff[:3])
-        more = f"; and {len(diff) - 3} more" if len(diff) > 3 else ""
-        raise ScheduleMismatch(f"{out} holds a demo with another schedule ({shown}{more}); use "
-                               "the options it was started with (--quick or not) or another "
-                               "folder")
+        raise ScheduleMismatch(f"{out} holds a demo with another schedule "
+                               f"({_describe(diff, have, want)}); use the options it was "
+                               "started with (--quick or not) or another folder")
+
+
+def _describe(diff: list[str], have: dict, want: dict) -> str:
+    """The first three differing fields, "key: old there, new now", and how many more."""
+    shown = "; ".join(f"{k}: {have[k]} there, {want.get(k)} now" for k in diff[:3])
+    return shown + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
 
 
 def _say(text: str, progress: bool) -> None:
@@ -175,11 +179,9 @@ def check_recipe(run: Path, cfg) -> None:
     diff = sorted(k for k in have.keys() & want.keys()
                   if not k.startswith("run.") and not _same(have[k], want[k]))
     if diff:
-        shown = "; ".join(f"{k}: {have[k]} there, {want[k]} now" for k in diff[:3])
-        more = f"; and {len(diff) - 3} more" if len(diff) > 3 else ""
-        raise RecipeChanged(f"{run} was trained with another recipe ({shown}{more}); delete "
-                            "it (and the runs that start from it) to train it again, or use "
-                            "another folder")
+        raise RecipeChanged(f"{run} was trained with another recipe "
+                            f"({_describe(diff, have, want)}); delete it (and the runs that "
+                            "start from it) to train it again, or use another folder")
 
 
 def train_or_reuse(cfg, run: Path, progress: bool, again: str) -> Path:
