@@ -1,6 +1,6 @@
-"""A reduced `viq demo` in-process: every step runs (data, VAE, teacher, three stages, extraction,
-evaluation, report), every artifact of the report exists and every metric is finite; a rerun
-skips what is done. The LLM is the tiny Qwen2 here (SmolLM2 in the real demo)."""
+"""A reduced `viq demo` in-process: every step runs (data, VAE, teacher, three stages, the code
+decoder, extraction, evaluation, report), every artifact of the report exists and every metric
+is finite; a rerun skips what is done. The LLM is the tiny Qwen2 here (SmolLM2 in the real demo)."""
 
 from __future__ import annotations
 
@@ -44,8 +44,10 @@ def test_reduced_demo_end_to_end(tmp_path):
             "quantized (stage 2-2, stored codes)", "stage 2-2, blind: another sample's image",
             "stage 2-2, blind: no image"} == set(conds)
     assert "MLLM training from stored codes" in html
-    rec = results["reconstruction"]  # beside each from-codes row: the demo VAE alone
-    assert all("vae_psnr" in r for r in rec.values()) and "VAE alone" in html
+    rec = results["reconstruction"]  # the code decoder; beside it the latent head, the VAE alone
+    assert (out / "decoder" / "final" / "weights.safetensors").is_file()
+    assert all("vae_psnr" in r and "latent_head_psnr" in r for r in rec.values())
+    assert "VAE alone" in html and "latent head" in html and "code decoder" in html
     assert rec["synthetic test images"]["vae_psnr"] > 18  # its box init keeps colours (~21 dB)
     fit = results["understanding_fit"]  # stage 1 on its own training images, own vs another image
     assert {"stage 1, its own image", "stage 1, another sample's image"} == set(fit)

@@ -21,6 +21,7 @@ EPILOG = """\
 outputs (in --out):
   data/ vae/ teacher/           generated data, the trained VAE and teacher
   stage1/ stage2_1/ stage2_2/   viq train runs (metrics.jsonl, checkpoints, final/)
+  decoder/                      the code decoder on the frozen stage 2-2 (a viq train run)
   store/                        the test split's codes (viq extract)
   report.html results.json      the report and every number in it
   plan.json                     the schedule; the folder is continued only with the same one
@@ -33,8 +34,9 @@ exit status: 0 done, 1 a step failed (rerun to continue), 2 usage error.
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="viq demo", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train a miniature ViQ (VAE, teacher, stage 1, 2-1, 2-2 with SmolLM2-135M), "
-                    "extract codes, evaluate and write a report — offline, on a CPU.")
+        description="Train a miniature ViQ (VAE, teacher, stage 1, 2-1, 2-2 with SmolLM2-135M, "
+                    "a code decoder), extract codes, evaluate and write a report — offline, "
+                    "on a CPU.")
     p.add_argument("--out", type=Path, default=Path("viq_demo_out"),
                    help="output folder (default viq_demo_out); rerun to continue")
     p.add_argument("--quick", action="store_true",
@@ -62,9 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in u.items():
         print(f"  {name:<40} {100 * r['overall']['accuracy']:5.1f} %  (n={r['overall']['n']})")
     for name, r in results.get("reconstruction", {}).items():
-        vae = (f" (VAE alone: {r['vae_psnr']:.2f} dB, {r['vae_ssim']:.3f})"
-               if "vae_psnr" in r else "")
-        print(f"reconstruction {name}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}{vae}")
+        others = [f"{label}: {r[k + '_psnr']:.2f} dB, {r[k + '_ssim']:.3f}"
+                  for k, label in (("latent_head", "latent head"), ("vae", "VAE alone"))
+                  if k + "_psnr" in r]
+        more = f" ({'; '.join(others)})" if others else ""
+        print(f"reconstruction {name}: code decoder PSNR {r['psnr']:.2f} dB, SSIM "
+              f"{r['ssim']:.3f}{more}")
     s = results.get("storage", {}).get("entropy-packed")
     if s:
         print(f"storage: {s['bits_per_code']:.2f} bits/code packed, {s['ratio']:.0f}× smaller "

@@ -97,7 +97,7 @@ def _fit_note(fit: dict, same: float) -> str:
 
 def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = True) -> dict:
     from viq.eval.reconstruction import code_usage, reconstruct_files
-    from viq.eval.report import plot_losses, plot_reconstructions, plot_usage
+    from viq.eval.report import RECON_ROWS, plot_losses, plot_reconstructions, plot_usage
     from viq.eval.understanding import evaluate, load_run
 
     results: dict = {"understanding": {}, "figures": {}}
@@ -148,14 +148,20 @@ def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = Tru
 
     test_ids = {r["image"][0]["img_path"] for r in json.loads(test.read_text())}
     held_out = [p for p in test_images if f"images/{p.name}" in test_ids][:plan.recon_images]
-    rec, pairs = reconstruct_files(s22, held_out, keep=6, vae=True)
-    results["reconstruction"] = {"synthetic test images": rec.to_dict()}
-    figs.append(plot_reconstructions(pairs, out, "recon_synthetic.png").name)
-    photos = _photos(plan.photos)
-    if photos:
-        rec, pairs = reconstruct_files(s22, photos, keep=plan.photos, vae=True)
-        results["reconstruction"]["real photos"] = rec.to_dict()
-        figs.append(plot_reconstructions(pairs, out, "recon_photos.png").name)
+    dec = load_run(out / "decoder", answers=False)
+    results["reconstruction"] = {}
+    for label, paths, keep, fig in (("synthetic test images", held_out, 6, "recon_synthetic.png"),
+                                    ("real photos", _photos(plan.photos), plan.photos,
+                                     "recon_photos.png")):
+        if not paths:
+            continue
+        rec, pairs = reconstruct_files(dec, paths, keep=keep, vae=True)
+        head, head_pairs = reconstruct_files(s22, paths, keep=keep)
+        results["reconstruction"][label] = rec.to_dict() | {"latent_head_psnr": head.psnr,
+                                                            "latent_head_ssim": head.ssim}
+        # rows: original, code decoder, stage 2-2's latent head, the VAE alone
+        shown = [(x, y, h[1], v) for (x, y, v), h in zip(pairs, head_pairs, strict=True)]
+        figs.append(plot_reconstructions(shown, out, fig, RECON_ROWS).name)
     results["figures"]["reconstructions"] = figs
 
     flat = [c for cs in codes.values() for c in cs]
@@ -165,8 +171,8 @@ def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = Tru
     results["figures"]["usage"] = plot_usage(counts, out).name
     results["storage"] = _storage(flat, out)
     results["speedup"] = mllm_speedup(s22)
-    results["figures"]["losses"] = plot_losses({s: out / s for s in
-                                                ("stage1", "stage2_1", "stage2_2")}, out).name
+    results["figures"]["losses"] = plot_losses(
+        {s: out / s for s in ("stage1", "stage2_1", "stage2_2", "decoder")}, out).name
     results["summary"] = (f"{len(flat)} test images as codes; understanding on "
                           f"{u['continuous (stage 1)']['overall']['n']} test questions")
     return results

@@ -19,6 +19,8 @@ finished training run is reused only with this version's recipe (`train_or_reuse
                  and the weights stage 1's student starts from (as the paper's from SigLIP2)
 4. ``stage1/`` → ``stage2_1/`` → ``stage2_2/``  the three ViQ stages through `viq.train` with
                  SmolLM2-135M-Instruct (LoRA), each starting from the previous one
+   ``decoder/``  the code decoder (`viq.train.stages.decoder`) on the frozen stage-2-2 tokenizer:
+                 codes → VAE latents, the reconstructions' path
 5. ``store/``    the test split's codes (``viq extract``)
 6. ``results.json`` + ``report.html``  understanding (continuous stage-1 model / quantized stage
                  2-2 model fed from the stored codes / blind baselines), reconstruction PSNR/SSIM
@@ -44,6 +46,7 @@ class DemoPlan:
     vae_steps: int = 170  # ≈ 1.7 min on 2 idle cores (viq.demo.vae)
     teacher_steps: int = 600  # ≈ 2 min (viq.demo.teacher)
     steps: tuple[int, int, int] = (540, 50, 100)  # stage 1, 2-1, 2-2
+    decoder_steps: int = 400  # the code decoder on the frozen stage 2-2 (viq.demo.runs)
     eval_limit: int = 0  # test samples answered per condition (0 = all)
     fit_limit: int = 100  # training samples of the fit check (viq.demo.evaluate)
     recon_images: int = 12
@@ -58,6 +61,7 @@ class DemoPlan:
 
 
 QUICK = DemoPlan(synth_n=300, vae_steps=50, teacher_steps=200, steps=(150, 16, 30),
+                 decoder_steps=100,
                  eval_limit=30, fit_limit=30, recon_images=6, photos=2)
 STAGES = ("stage1", "stage2_1", "stage2_2")
 
@@ -141,6 +145,23 @@ def stage_config(name: str, out: Path, data: Path, plan: DemoPlan):
 
 def train_stage(name: str, out: Path, data: Path, plan: DemoPlan, progress: bool) -> Path:
     return train_or_reuse(stage_config(name, out, data, plan), out / name, progress,
+                          "rerun viq demo")
+
+
+def decoder_config(out: Path, data: Path, plan: DemoPlan):
+    """The demo's code decoder, on the frozen stage-2-2 run (`viq.demo.runs.demo_decoder`)."""
+    from viq.demo import runs
+
+    steps = plan.decoder_steps
+    return override(runs.demo_decoder(), [
+        f"data.train={data / 'train.json'}", f"data.val={data / 'val.json'}",
+        f"vae.source={out / 'vae'}", f"teacher.source={out / 'teacher'}",
+        f"run.steps={steps}", f"run.checkpoint_every={max(10, steps // 4)}",
+        f"llm.source={plan.llm}", f"stage.init_from={out / 'stage2_2'}"])
+
+
+def train_decoder(out: Path, data: Path, plan: DemoPlan, progress: bool) -> Path:
+    return train_or_reuse(decoder_config(out, data, plan), out / "decoder", progress,
                           "rerun viq demo")
 
 
@@ -252,6 +273,7 @@ def run_demo(out: str | Path = "viq_demo_out", quick: bool = False, progress: bo
                                            progress=progress))
     for name in STAGES:
         timed(name, lambda n=name: train_stage(n, out, data, plan, progress))
+    timed("decoder", lambda: train_decoder(out, data, plan, progress))
     store = timed("extract", lambda: extract_test(out, data, progress))
     results = timed("evaluate", lambda: evaluate_demo(out, data, store, plan, progress))
     results["timings"] = {**timings, "total": round(sum(timings.values()), 1)}

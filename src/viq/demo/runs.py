@@ -23,7 +23,7 @@ from viq.config import EncoderConfig, HeadConfig, ImageConfig, ModelConfig
 from viq.data.loader import DataConfig
 from viq.supervision.config import LLMConfig, TeacherConfig, VAEConfig
 from viq.train.config import DataSpec, OptimConfig, RunConfig, TrainConfig
-from viq.train.stages import LossWeights, Stage, stage1, stage2_1, stage2_2
+from viq.train.stages import LossWeights, Stage, decoder, stage1, stage2_1, stage2_2
 
 
 def demo_model() -> ModelConfig:
@@ -72,3 +72,15 @@ def demo_stage2_1() -> TrainConfig:
 
 def demo_stage2_2() -> TrainConfig:
     return _with_recon(_demo(stage2_2(lr=5e-4)))
+
+
+def demo_decoder() -> TrainConfig:
+    """The code decoder on the frozen stage-2-2 tokenizer (`viq.model.code_decoder`): the latent
+    head of stage 2 reads features whose decode half drops most of the colour the codes hold; a
+    decoder reading the codes draws the objects' colours (docs/demo.md). No LLM runs, so a step
+    is cheap: ~8 images a step (``max_tokens``: the loader still packs the samples' text)."""
+    cfg = _with_recon(_demo(decoder(lr=1e-3)))
+    return replace(cfg, vae=replace(cfg.vae, head="codes", decoder_width=96, decoder_blocks=3),
+                   stage=replace(cfg.stage, losses=LossWeights(text=0.0, distill=0.0, recon=1.0)),
+                   data=replace(cfg.data, loader=DataConfig(max_tokens=2048, rows=1)),
+                   optim=OptimConfig(lr=1e-3, warmup_steps=20, min_lr_ratio=0.1))

@@ -1,13 +1,16 @@
 """Reconstruction: codes → features → latent head → VAE decoder → image; PSNR / SSIM / code usage.
 
 The drawer of a trained stage-2 run (SPEC B4.2): ``model.embed(codes)`` (no encoder), the run's
-``latent.latent_head`` and the decoder of its frozen VAE. Images are compared at the resolution
-the encoder saw (the model's resize rule, native aspect ratio; the patch padding is cropped off),
-in [0, 1]: PSNR = 10·log10(1 / MSE) over all pixels and channels, SSIM from torchmetrics
-(Gaussian window 11, σ 1.5). With ``vae=True`` each image also goes through the frozen VAE alone
-(encode → decode, `vae_roundtrip`): the most a reconstruction from codes can reach with this
-decoder, which tells a VAE that loses detail from codes that do. Code usage over a set of
-images: distinct codes / codebook size, and perplexity = exp(entropy) of the code histogram.
+``latent.latent_head`` and the decoder of its frozen VAE; or of a decoder run
+(`viq.train.stages.decoder`, ``vae.head = "codes"``), whose code decoder reads the codes'
+values (``model.code_values(codes)``) instead of the decoded features. Images are compared at
+the resolution the encoder saw (the model's resize rule, native aspect ratio; the patch padding is
+cropped off), in [0, 1]: PSNR = 10·log10(1 / MSE) over all pixels and channels, SSIM from
+torchmetrics (Gaussian window 11, σ 1.5). With ``vae=True`` each image also goes through the
+frozen VAE alone (encode → decode, `vae_roundtrip`): the most a reconstruction from codes can
+reach with this decoder, which tells a VAE that loses detail from codes that do. Code usage over
+a set of images: distinct codes / codebook size, and perplexity = exp(entropy) of the code
+histogram.
 """
 
 from __future__ import annotations
@@ -49,9 +52,12 @@ def _check_drawer(obj: Objective) -> None:
 
 @torch.no_grad()
 def draw(obj: Objective, codes: Sequence[ImageCodes]) -> list[torch.Tensor]:
-    """Codes → images (3, 16h, 16w) in [-1, 1] through the run's latent head and VAE decoder."""
+    """Codes → images (3, 16h, 16w) in [-1, 1] through the run's latent head (on the decoded
+    features) or code decoder (on the codes' values) and the VAE decoder."""
     _check_drawer(obj)
-    feats = obj.model.embed(list(codes))
+    codes = list(codes)
+    feats = (obj.model.code_values(codes) if obj.latent.reads_codes
+             else obj.model.embed(codes))
     return [obj.latent.vae.decode(lat[None].float())[0].clamp(-1, 1)
             for lat in obj.latent.predict(feats)]
 

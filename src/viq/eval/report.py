@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -53,9 +54,10 @@ def plot_losses(runs: dict[str, Path], out: Path) -> Path:
 
 
 def plot_reconstructions(pairs: list[tuple[torch.Tensor, ...]], out: Path,
-                         name: str = "reconstructions.png") -> Path:
-    """Originals (top), reconstructions from codes and, when given, the VAE alone (below),
-    native aspect ratios."""
+                         name: str = "reconstructions.png",
+                         labels: Sequence[str] = ("original", "from codes", "VAE alone")) -> Path:
+    """One column per image, one row per entry of its tuple (originals on top), native aspect
+    ratios; ``labels`` name the rows."""
     plt = _plt()
     n = max(1, len(pairs))
     rows = len(pairs[0]) if pairs else 2
@@ -67,7 +69,7 @@ def plot_reconstructions(pairs: list[tuple[torch.Tensor, ...]], out: Path,
             ax.set_xticks([])
             ax.set_yticks([])
         axes[0][i].set_title(f"{shown[0].shape[2]}×{shown[0].shape[1]}", fontsize=8)
-    for row, label in enumerate(("original", "from codes", "VAE alone")[:rows]):
+    for row, label in enumerate(list(labels)[:rows]):
         axes[row][0].set_ylabel(label)
     fig.tight_layout()
     path = out / name
@@ -112,15 +114,20 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f} %"
 
 
-RECON_NOTE = ("From codes: codes → embeddings → latent head → the demo VAE's decoder. VAE "
-              "alone: the same images through that VAE's encoder and decoder, the most a "
-              "reconstruction "
-              "from codes can reach with it; where the two differ, the codes lack what the "
-              "VAE keeps.")
+RECON_ROWS = ("original", "code decoder", "latent head", "VAE alone")
+RECON_NOTE = ("Code decoder: codes → the decoder trained on the frozen tokenizer (a small conv net "
+              "reading the codes' values) → the demo VAE's decoder. Latent head: codes → the "
+              "head's decoded features → stage 2's latent head (the L_recon regressor, the "
+              "release's drawer) → the same VAE decoder. VAE alone: the images through that "
+              "VAE's encoder and decoder, the most a reconstruction from codes can reach with "
+              "it; where it and the code decoder differ, the codes lack what the VAE keeps.")
 
 
-def _vae_cell(v: dict) -> str:
-    return f"{v['vae_psnr']:.2f} / {v['vae_ssim']:.3f}" if "vae_psnr" in v else "–"
+def _pair_cell(v: dict, key: str) -> str:
+    """``key``_psnr / ``key``_ssim of a reconstruction row, or a dash (older results)."""
+    if f"{key}_psnr" not in v:
+        return "–"
+    return f"{v[f'{key}_psnr']:.2f} / {v[f'{key}_ssim']:.3f}"
 
 
 def understanding_table(conds: dict) -> str:
@@ -181,10 +188,11 @@ def write_html(results: dict, out: Path) -> Path:
                   understanding_table(fit),
                   f"<p class='note'>{html.escape(r.get('fit_note', ''))}</p>"]
     rec = r.get("reconstruction", {})
-    rows = [[k, f"{v['psnr']:.2f}", f"{v['ssim']:.3f}", _vae_cell(v), v["n"]]
-            for k, v in rec.items()]
+    rows = [[k, f"{v['psnr']:.2f}", f"{v['ssim']:.3f}", _pair_cell(v, "latent_head"),
+             _pair_cell(v, "vae"), v["n"]] for k, v in rec.items()]
     parts += ["<h2>Reconstruction from codes</h2>",
-              _table(rows, ["images", "PSNR dB", "SSIM", "VAE alone: PSNR / SSIM", "n"]),
+              _table(rows, ["images", "code decoder: PSNR dB", "SSIM",
+                            "latent head: PSNR / SSIM", "VAE alone: PSNR / SSIM", "n"]),
               f"<p class='note'>{html.escape(RECON_NOTE)}</p>"]
     for fig in r.get("figures", {}).get("reconstructions", []):
         parts.append(f"<img src='{html.escape(fig)}'>")

@@ -39,9 +39,10 @@ from viq.train.stages import select_trainable
 Mode = Literal["images", "codes", "shuffled", "blind"]
 
 
-def load_run(run_dir: str | Path, device: str = "cpu") -> Objective:
+def load_run(run_dir: str | Path, device: str = "cpu", answers: bool = True) -> Objective:
     """The objective of a finished (or checkpointed) run, with its trained weights, in eval
-    (adapters merged into the LLM: for answering, not for further training)."""
+    (adapters merged into the LLM: for answering, not for further training). ``answers=False``
+    also accepts a run without an LLM (a `viq.train.stages.decoder` run, for reconstructions)."""
     run = Path(run_dir)
     final = run / "final"
     if (final / "weights.safetensors").is_file():
@@ -53,13 +54,13 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Objective:
                                     "checkpoints/step_*); train it first with viq train")
         cfg_path, weights = run / "config.json", ckpts[-1] / "weights.safetensors"
     cfg = load_json(TrainConfig, cfg_path)
-    if "text" not in cfg.stage.losses.active():
+    if answers and "text" not in cfg.stage.losses.active():
         raise ValueError(f"{run}: stage {cfg.stage.name!r} has no text loss, so no trained LLM "
                          "to answer questions")
     obj = Objective(cfg)
     select_trainable(obj, cfg.stage)  # the run saved what it trained (+ the model)
     load_weights(obj, weights)
-    if obj.text is not None:
+    if getattr(obj, "text", None) is not None:
         obj.text.merge_adapters()  # answers only: LoRA folded in, no adapter overhead per token
     return obj.to(device).eval()
 

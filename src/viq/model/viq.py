@@ -124,29 +124,56 @@ class ViQModel(nn.Module):
 
     def embed(self, codes: Sequence[ImageCodes | torch.Tensor]) -> Packed:
         """Per-image codes (h, w, S) → packed per-patch features (decode half of the head only)."""
+        flat, grids = self._flat_codes(codes, "embed")
+        return self.head.embed(flat, grids)
+
+    @property
+    def code_dim(self) -> int:
+        """Width of `code_values`: S slots × FSQ dimensions (0 without an FSQ head)."""
+        return self.cfg.head.expand * len(self.levels) if self.head.has_codes else 0
+
+    def code_values(self, codes: torch.Tensor | Sequence[ImageCodes | torch.Tensor],
+                    grids: Sequence[tuple[int, int]] | None = None) -> Packed:
+        """Codes → per patch the S slots' FSQ grid values, (N, S·d) packed: what the
+        `CodeDecoder` reads. ``codes``: per-image codes (h, w, S), or flat patch-major codes
+        (S·N,) of ``grids`` (the head's output)."""
+        if grids is None:
+            codes, grids = self._flat_codes(codes, "code_values")
+        elif not self.head.has_codes:
+            raise ValueError(f"code_values: head.quantizer={self.cfg.head.quantizer!r} has no "
+                             "discrete codes")
+        values = self.head.quantizer.codes_to_values(codes.reshape(-1), dtype=torch.float32)
+        return Packed(values.reshape(-1, self.code_dim), tuple(grids), 1)
+
+    def _flat_codes(self, codes: Sequence[ImageCodes | torch.Tensor],
+                    what: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Checked per-image codes (h, w, S) → flat patch-major codes (S·N,) and the grids."""
+        if not self.head.has_codes:
+            raise ValueError(f"{what}: head.quantizer={self.cfg.head.quantizer!r} has no "
+                             "discrete codes; only an FSQ head reads codes")
         flat, grids = [], []
         s = self.cfg.head.expand
+        k = self.head.quantizer.codebook_size
         for i, c in enumerate(codes):
             if isinstance(c, ImageCodes):
                 if tuple(c.levels) != self.levels:
-                    raise ValueError(f"embed: codes {i} use levels {list(c.levels)} but this "
+                    raise ValueError(f"{what}: codes {i} use levels {list(c.levels)} but this "
                                      f"model's FSQ has {list(self.levels)}")
                 c = c.codes
             if c.dim() != 3 or c.shape[-1] != s:
-                raise ValueError(f"embed: codes {i} have shape {tuple(c.shape)}, expected "
+                raise ValueError(f"{what}: codes {i} have shape {tuple(c.shape)}, expected "
                                  f"(h, w, {s})")
-            k = self.head.quantizer.codebook_size if self.head.has_codes else None
             # FSQ's digit decomposition would silently wrap an out-of-range index
-            if k is not None and (c.is_floating_point() or c.dtype == torch.bool or (
-                    c.numel() and (int(c.long().min()) < 0 or int(c.long().max()) >= k))):
-                raise ValueError(f"embed: codes {i} ({c.dtype}) are not integers in [0, {k}) "
+            if c.is_floating_point() or c.dtype == torch.bool or (
+                    c.numel() and (int(c.long().min()) < 0 or int(c.long().max()) >= k)):
+                raise ValueError(f"{what}: codes {i} ({c.dtype}) are not integers in [0, {k}) "
                                  f"for levels {list(self.levels)}; were they written for "
                                  "another codebook size?")
-            flat.append(c.reshape(-1))  # (h, w, S) -> (h·w·S,) patch-major
+            flat.append(c.reshape(-1).to(self.device))  # (h, w, S) -> (h·w·S,) patch-major
             grids.append((int(c.shape[0]), int(c.shape[1])))
         if not flat:
-            raise ValueError("embed: got no codes")
-        return self.head.embed(torch.cat(flat), grids)
+            raise ValueError(f"{what}: got no codes")
+        return torch.cat(flat), grids
 
     # -- persistence ----------------------------------------------------------------------------
 

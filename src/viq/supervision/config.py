@@ -129,6 +129,12 @@ class VAEConfig:
     `viq.supervision.latent.normaliser`). ``latent_channels`` must equal the folder VAE's own
     count; for the tiny sources it sets it (16 like Qwen-Image). ``channels`` / ``scaling_factor``
     / ``shift_factor`` shape the ``tiny`` VAE only.
+
+    ``head``: what regresses the latent. ``"features"`` (default): the `LatentHead` on the
+    quantizer head's output (stage 2's L_recon; the release's drawer). ``"codes"``: the
+    `CodeDecoder` on the FSQ codes themselves (``decoder_width`` channels, ``decoder_blocks``
+    residual blocks), the separate decoder trained on a frozen tokenizer (`viq.train.stages.
+    decoder`; SPEC A2).
     """
 
     source: str = "tiny"
@@ -139,6 +145,9 @@ class VAEConfig:
     scaling_factor: float = 0.5  # tiny only (diffusers' AutoencoderKL config field)
     shift_factor: float = 0.1  # tiny only
     seed: int = 0
+    head: Literal["features", "codes"] = "features"
+    decoder_width: int = 96  # head="codes" only
+    decoder_blocks: int = 3  # head="codes" only
 
     def __post_init__(self) -> None:
         _check(bool(self.source), "vae.source",
@@ -149,3 +158,9 @@ class VAEConfig:
                f"the tiny VAE needs 4 positive block widths (8× = 3 downsamples), got "
                f"{list(self.channels)}")
         _check(self.scaling_factor > 0, "vae.scaling_factor", "must be > 0")
+        _check(self.head in ("features", "codes"), "vae.head",
+               f"must be 'features' (the latent head) or 'codes' (the code decoder), got "
+               f"{self.head!r}")
+        _check(self.decoder_width > 0 and self.decoder_blocks >= 0, "vae.decoder_width",
+               f"the code decoder needs a positive width and >= 0 blocks, got "
+               f"{self.decoder_width} / {self.decoder_blocks}")

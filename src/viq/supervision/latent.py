@@ -18,6 +18,10 @@ error: λ_recon = 2 reproduces it); no 1e-13·NLL term; no "skip squares below 2
 rule only filtered the release's dummy images for text-only samples, which this project does not
 create (Part C 7), so every image counts.
 
+With ``vae.head = "codes"`` the regressor is the `CodeDecoder`, which reads the FSQ codes' grid
+values instead of features (the separate decoder of `viq.train.stages.decoder`); the loss is the
+same.
+
 The VAE is any diffusers ``AutoencoderKL*`` (`build_vae`): ``"tiny"`` (random ``AutoencoderKL``,
 4-D input), ``"tiny-qwen"`` (random ``AutoencoderKLQwenImage``, 5-D input with T = 1) or a local
 folder (Qwen-Image's VAE at paper scale). It is wrapped in `FrozenVAE`, which never trains: its
@@ -33,6 +37,7 @@ import torch
 from torch import nn
 
 from viq.backends import vae as vae_backend
+from viq.model.code_decoder import CodeDecoder
 from viq.model.latent import LatentHead
 from viq.model.packing import Packed
 from viq.model.vit import pad_to_patch
@@ -111,12 +116,25 @@ class LatentSupervision(nn.Module):
     """L_recon: ``latent_head`` (trainable `LatentHead`) regresses ``vae``'s latent mean."""
 
     def __init__(self, cfg: VAEConfig, feature_dim: int, heads: int, blocks: int = 3,
-                 patch: int = 16, meta: bool = False) -> None:
+                 patch: int = 16, meta: bool = False, code_dim: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
         self.patch = patch  # images are padded like the encoder pads them
         self.vae = build_vae(cfg, meta)
-        self.latent_head = LatentHead(feature_dim, heads, blocks, self.vae.latent_channels)
+        z = self.vae.latent_channels
+        if cfg.head == "codes":
+            if code_dim <= 0:
+                raise ValueError("config field 'vae.head': 'codes' reads FSQ codes, but this "
+                                 "stage's head has no FSQ quantizer (stage.quantizer=fsq)")
+            self.latent_head: nn.Module = CodeDecoder(code_dim, cfg.decoder_width,
+                                                      cfg.decoder_blocks, z)
+        else:
+            self.latent_head = LatentHead(feature_dim, heads, blocks, z)
+
+    @property
+    def reads_codes(self) -> bool:
+        """True for the `CodeDecoder` (its input is `ViQModel.code_values`, not features)."""
+        return self.cfg.head == "codes"
 
     def target(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Per image the VAE latent mean (Z, H'/8, W'/8) of the patch-padded image, fp32, no
@@ -125,7 +143,8 @@ class LatentSupervision(nn.Module):
         return [self.vae.encode(pad_to_patch(img.to(p.device), self.patch)) for img in images]
 
     def predict(self, features: Packed) -> list[torch.Tensor]:
-        """Per image the latent head's prediction (Z, 2h, 2w)."""
+        """Per image the latent head's prediction (Z, 2h, 2w); ``features`` are the code values
+        when `reads_codes`."""
         return self.latent_head(features)
 
     def forward(self, features: Packed, images: Sequence[torch.Tensor]) -> torch.Tensor:

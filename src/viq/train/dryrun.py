@@ -73,7 +73,8 @@ def build_meta(cfg: TrainConfig) -> nn.Module:
         if "recon" in weights:
             from viq.supervision.latent import LatentSupervision
 
-            root.latent = LatentSupervision(cfg.vae, width, mcfg.encoder.heads, meta=True)
+            root.latent = LatentSupervision(cfg.vae, width, mcfg.encoder.heads, meta=True,
+                                            code_dim=root.model.code_dim)
     return root
 
 

@@ -3,8 +3,9 @@
 `Objective` holds the ViQ model and the supervision modules as children, so that one
 ``named_parameters()`` covers everything the stages select by name (`viq.train.stages`):
 ``model`` (encoder + quantizer head), ``text`` (LLM with adapters + projector), ``distill``
-(frozen teacher), ``latent`` (latent head + frozen VAE). A term whose weight is zero is not built
-and its module never called; the data loader still needs a tokenizer, which is then built alone.
+(frozen teacher), ``latent`` (latent head or code decoder + frozen VAE). A term whose weight is
+zero is not built and its module never called; the data loader still needs a tokenizer, which is
+then built alone.
 
 Features for the losses: ``stage.features == "encoder"`` (stage 1) uses the encoder tokens and
 pools them with the encoder's MAP head; ``"head"`` (stage 2) uses the head's output ``x_low`` and
@@ -69,7 +70,8 @@ class Objective(nn.Module):
         if "recon" in self.weights:
             from viq.supervision.latent import LatentSupervision
 
-            self.latent = LatentSupervision(cfg.vae, width, mcfg.encoder.heads)
+            self.latent = LatentSupervision(cfg.vae, width, mcfg.encoder.heads,
+                                            code_dim=self.model.code_dim)
 
     @property
     def device(self) -> torch.device:
@@ -89,6 +91,13 @@ class Objective(nn.Module):
         codes = out.head.codes if out.head is not None else None
         return out.features, out.pooled, dict(out.stats), codes
 
+    def latent_input(self, feats: Packed, codes: torch.Tensor | None) -> Packed:
+        """What the latent regressor reads: the features, or (the code decoder, ``vae.head =
+        "codes"``) the flat codes' grid values on the features' grids."""
+        if not self.latent.reads_codes:
+            return feats
+        return self.model.code_values(codes, feats.grids)
+
     def forward(self, batch: Batch) -> LossOutput:
         """One micro-batch → the weighted total and each term (terms with weight 0 skipped)."""
         images = list(batch.images)
@@ -107,7 +116,7 @@ class Objective(nn.Module):
         if "distill" in self.weights and images:
             terms["distill"] = self.distill(images, pooled)
         if "recon" in self.weights and images:
-            terms["recon"] = self.latent(feats, images)
+            terms["recon"] = self.latent(self.latent_input(feats, codes), images)
         if not terms:
             raise ValueError("the batch gives no loss term (no images and no text weight)")
         total = sum(self.weights[k] * v for k, v in terms.items())

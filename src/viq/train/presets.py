@@ -11,8 +11,11 @@ stage-2 preset starts fresh unless ``stage.init_from`` names the previous stage'
     viq train --preset tiny_stage2_1 --out-dir runs/s21 --set stage.init_from=runs/s1
     viq train --preset tiny_stage2_2 --out-dir runs/s22 --set stage.init_from=runs/s21
 
-- ``paper_{0.5b,1.5b}_{stage1,stage2_1,stage2_2}``: paper scale (SPEC A2) — SigLIP2-g + Qwen2.5
-  (LoRA r=64) + the SigLIP2-g teacher + the Qwen-Image VAE, bf16, activation checkpointing,
+- ``tiny_decoder``: the code decoder (`viq.train.stages.decoder`) on a frozen ``tiny_stage2_2``
+  run: ``viq train --preset tiny_decoder --out-dir runs/dec --set stage.init_from=runs/s22``.
+
+- ``paper_{0.5b,1.5b}_{stage1,stage2_1,stage2_2,decoder}``: paper scale (SPEC A2) — SigLIP2-g +
+  Qwen2.5 (LoRA r=64) + the SigLIP2-g teacher + the Qwen-Image VAE, bf16, activation checkpointing,
   FSDP2; weights from local folders (placeholders: see `_paper`); stage 2 presets name the
   previous stage's run (``runs/paper_<llm>_<stage>``) as ``stage.init_from``. Check the memory
   plan first: ``viq train --preset paper_0.5b_stage2_2 --out-dir x --dry-run --world 8``.
@@ -28,7 +31,7 @@ from viq.data.loader import DataConfig
 from viq.presets import tiny as tiny_model
 from viq.supervision.config import LLMConfig, TeacherConfig, VAEConfig
 from viq.train.config import DataSpec, OptimConfig, RunConfig, TrainConfig
-from viq.train.stages import Stage, stage1, stage2_1, stage2_2
+from viq.train.stages import Stage, decoder, stage1, stage2_1, stage2_2
 
 
 def _tiny(stage: Stage) -> TrainConfig:
@@ -56,6 +59,13 @@ def tiny_stage2_1() -> TrainConfig:
 
 def tiny_stage2_2() -> TrainConfig:
     return _tiny(stage2_2(lr=1e-3))
+
+
+def tiny_decoder() -> TrainConfig:
+    """The code decoder on a frozen stage-2-2 run (``--set stage.init_from=runs/s22``)."""
+    cfg = _tiny(decoder(lr=1e-3))
+    return dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae, head="codes",
+                                                            decoder_width=16, decoder_blocks=1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,15 +136,31 @@ def _paper_stage2_2(llm: str) -> TrainConfig:
     return _paper(llm, stage, 30e9)
 
 
+def _paper_decoder(llm: str) -> TrainConfig:
+    """The separate decoder on the frozen stage-2-2 tokenizer: the paper's AdamW 6e-4 constant,
+    50k steps, 5k warmup (SPEC A2); ours regresses the VAE latent from the codes
+    (`viq.model.code_decoder`) where the paper's decoder has pixel, perceptual, GAN and REPA
+    losses. No LLM is built (L_text is off); ``llm`` names the stage-2-2 run it reads."""
+    stage = dataclasses.replace(decoder(lr=6e-4), resolution=((0, PIXELS_768),),
+                                init_from=f"runs/paper_{llm}_stage2_2")
+    cfg = _paper(llm, stage, PAPER_TOKENS_PER_STEP)
+    return dataclasses.replace(
+        cfg, vae=dataclasses.replace(cfg.vae, head="codes", decoder_width=512, decoder_blocks=6),
+        optim=dataclasses.replace(cfg.optim, warmup_steps=5000, min_lr_ratio=1.0),
+        run=dataclasses.replace(cfg.run, steps=50_000, grad_accum=1))
+
+
 RUNS: dict[str, Callable[[], TrainConfig]] = {
     "tiny_stage1": tiny_stage1,
     "tiny_stage2_1": tiny_stage2_1,
     "tiny_stage2_2": tiny_stage2_2,
+    "tiny_decoder": tiny_decoder,
 }
 for _llm in PAPER_LLMS:
     RUNS[f"paper_{_llm}_stage1"] = functools.partial(_paper_stage1, _llm)
     RUNS[f"paper_{_llm}_stage2_1"] = functools.partial(_paper_stage2_1, _llm)
     RUNS[f"paper_{_llm}_stage2_2"] = functools.partial(_paper_stage2_2, _llm)
+    RUNS[f"paper_{_llm}_decoder"] = functools.partial(_paper_decoder, _llm)
 
 
 def get_run(name: str) -> TrainConfig:

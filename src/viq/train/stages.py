@@ -22,6 +22,7 @@ The three stages (paper A2; the paper's learning rates):
 | ``mllm_codes`` | frozen FSQ | stored codes | text | 1e-4 (projector, LLM adapters) |
 | ``stage2_1`` | paper, proximal bound (L∞) | head output | text+distill+recon | 1e-4 / 5e-5 |
 | ``stage2_2`` | paper, FSQ (head-wise, 2D RoPE) | head output | text+distill+recon | 5e-5 |
+| ``decoder`` | frozen FSQ | its codes (`viq.model.code_decoder`) | recon | 6e-4 (decoder only) |
 
 Deviation: the paper grows the resolution in stage 1 from ≤384² to ≤768²; a stage's
 ``resolution`` schedule carries that as (from_step, max_pixels) pairs, applied by the loop.
@@ -226,6 +227,17 @@ def stage2_2(lr: float = 5e-5) -> Stage:
         allow_missing=new)
 
 
+def decoder(lr: float = 6e-4) -> Stage:
+    """The separate decoder on a frozen ViQ (SPEC A2, "decoder"): only the latent regressor
+    trains, on L_recon alone; the tokenizer runs without a graph. Meant with ``vae.head =
+    "codes"`` (the `CodeDecoder` reads the codes, not the head's features) and ``init_from`` a
+    stage-2-2 run. The paper's 6e-4 constant; the loop's schedule applies as configured."""
+    return Stage(name="decoder", quantizer="fsq", features="head",
+                 trainable=("latent.latent_head.*",), lr_groups=(LRGroup("all", ("*",), lr),),
+                 losses=LossWeights(text=0.0, distill=0.0, recon=1.0),
+                 allow_missing=("latent.latent_head.*",))
+
+
 MLLM_TRAINABLE = ("text.projector.*", "text.llm.*lora_*")
 
 
@@ -240,7 +252,8 @@ def mllm(features: Literal["head", "codes"] = "codes", lr: float = 1e-4) -> Stag
 
 
 STAGES: dict[str, Callable[[], Stage]] = {"stage1": stage1, "stage2_1": stage2_1,
-                                          "stage2_2": stage2_2, "mllm_codes": mllm}
+                                          "stage2_2": stage2_2, "decoder": decoder,
+                                          "mllm_codes": mllm}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,104 @@
+"""The code decoder (SPEC A2 "decoder"): codes' values → VAE latents, trained on a frozen
+stage-2-2 tokenizer by the ``decoder`` stage; reconstructions read it through `draw`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from viq.config import override
+from viq.eval.reconstruction import reconstruct_files
+from viq.eval.understanding import load_run
+from viq.model.code_decoder import CodeDecoder
+from viq.model.packing import Packed
+from viq.model.viq import ImageCodes
+from viq.train.loop import train
+from viq.train.metrics import read_metrics
+from viq.train.objective import Objective
+from viq.train.presets import get_run
+
+
+def test_code_decoder_maps_each_grid_to_twice_its_size():
+    dec = CodeDecoder(in_dim=24, width=8, blocks=2, latent_channels=16)
+    grids = ((3, 5), (4, 2))
+    x = Packed(torch.randn(sum(h * w for h, w in grids), 24), grids, 1)
+    out = dec(x)
+    assert [tuple(o.shape) for o in out] == [(16, 6, 10), (16, 8, 4)]
+    with pytest.raises(ValueError, match="width 23, this decoder reads 24"):
+        dec(Packed(torch.randn(15, 23), ((3, 5),), 1))
+
+
+def test_code_decoder_sees_its_neighbours_not_other_images():
+    dec = CodeDecoder(in_dim=4, width=8, blocks=1, latent_channels=2)
+    torch.nn.init.normal_(dec.blocks[0].conv2.weight)  # the residual branch starts at zero
+    a, b = torch.randn(9, 4), torch.randn(4, 4)
+    alone = dec(Packed(a, ((3, 3),), 1))[0]
+    packed = dec(Packed(torch.cat([a, b]), ((3, 3), (2, 2)), 1))[0]
+    assert torch.allclose(alone, packed, atol=1e-6)  # images do not leak into each other
+    a2 = a.clone()
+    a2[0] += 1.0  # patch (0, 0) changes: its 2×2 latent pixels and their neighbours' change
+    moved = (dec(Packed(a2, ((3, 3),), 1))[0] - alone).abs().sum(0)
+    assert moved[0:2, 0:2].min() > 0 and moved[2:4, 2:4].max() > 0
+
+
+def test_code_values_are_the_fsq_grid_values_per_patch():
+    cfg = get_run("tiny_decoder")
+    obj = Objective(cfg)
+    model = obj.model
+    codes = torch.randint(0, 1000, (2, 3, model.cfg.head.expand))
+    values = model.code_values([ImageCodes(codes, model.levels)])
+    assert values.tokens.shape == (6, model.code_dim) and values.grids == ((2, 3),)
+    assert values.tokens.abs().max() <= 1
+    flat = model.code_values(codes.reshape(-1), [(2, 3)])
+    assert torch.equal(flat.tokens, values.tokens)
+    first = model.head.quantizer.codes_to_values(codes[0, 0])  # (S, d) of patch (0, 0)
+    assert torch.equal(values.tokens[0], first.reshape(-1))
+    with pytest.raises(ValueError, match="not integers in"):
+        model.code_values([codes + 10**6])
+
+
+def test_codes_head_needs_an_fsq_stage():
+    cfg = override(get_run("tiny_stage2_1"), ["vae.head=codes"])
+    with pytest.raises(ValueError, match="'vae.head'.*no FSQ quantizer"):
+        Objective(cfg)
+    with pytest.raises(ValueError, match="'vae.head'"):
+        override(get_run("tiny_decoder"), ["vae.head=pixels"])
+
+
+@pytest.fixture(scope="module")
+def decoder_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("decoder")
+    s22 = override(get_run("tiny_stage2_2"), ["run.steps=3", "run.tensorboard=false",
+                                              "data.synth_n=24"])
+    train(s22, root / "s22", progress=False)
+    cfg = override(get_run("tiny_decoder"), [
+        f"stage.init_from={root / 's22'}", "run.steps=30", "run.tensorboard=false",
+        "data.synth_n=24", "run.val_batches=0", "run.checkpoint_every=30"])
+    train(cfg, root / "dec", progress=False)
+    return root
+
+
+def test_decoder_stage_trains_only_the_decoder_and_lowers_its_loss(decoder_run):
+    root = decoder_run
+    before = load_file(str(root / "s22" / "final" / "weights.safetensors"))
+    after = load_file(str(root / "dec" / "final" / "weights.safetensors"))
+    tokenizer = [k for k in before if k.startswith("model.")]
+    assert tokenizer and all(torch.equal(before[k], after[k]) for k in tokenizer)
+    assert any(k.startswith("latent.latent_head.stem") for k in after)
+    losses = [r["recon"] for r in read_metrics(root / "dec" / "metrics.jsonl")
+              if r["split"] == "train" and "recon" in r]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
+
+
+def test_decoder_run_reconstructs_and_has_no_llm_to_ask(decoder_run):
+    root = decoder_run
+    with pytest.raises(ValueError, match="no text loss"):
+        load_run(root / "dec")
+    obj = load_run(root / "dec", answers=False)
+    assert obj.latent.reads_codes and not hasattr(obj, "text")
+    images = sorted((root / "dec" / "data" / "images").glob("*.png"))[:2]
+    rec, pairs = reconstruct_files(obj, images, keep=2, vae=True)
+    assert len(pairs) == 2 and all(p[0].shape == p[1].shape for p in pairs)
+    assert rec.psnr > 0 and 0 <= rec.ssim <= 1
