@@ -3,6 +3,7 @@ stage-2-2 tokenizer by the ``decoder`` stage; reconstructions read it through `d
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -102,3 +103,33 @@ def test_decoder_run_reconstructs_and_has_no_llm_to_ask(decoder_run):
     rec, pairs = reconstruct_files(obj, images, keep=2, vae=True)
     assert len(pairs) == 2 and all(p[0].shape == p[1].shape for p in pairs)
     assert rec.psnr > 0 and 0 <= rec.ssim <= 1
+
+
+def test_viq_decode_draws_with_a_trained_run(decoder_run, tmp_path, capsys):
+    """viq encode --checkpoint <stage 2-2>/final, then viq decode --run <decoder>: the PNGs are
+    the run's own reconstructions (`draw`), and a run without a drawer is a usage error."""
+    from PIL import Image
+
+    from viq.backends.vae import to_uint8
+    from viq.cli.main import main
+    from viq.codes.codesfile import load_codes
+    from viq.eval.reconstruction import draw
+
+    root = decoder_run
+    images = sorted((root / "dec" / "data" / "images").glob("*.png"))[:2]
+    assert main(["encode", *map(str, images), "--checkpoint", str(root / "s22" / "final"),
+                 "-o", str(tmp_path / "codes"), "--quiet"]) == 0
+    assert main(["decode", str(tmp_path / "codes"), "-o", str(tmp_path / "png"),
+                 "--run", str(root / "dec"), "--quiet"]) == 0
+    assert "its code decoder" in capsys.readouterr().err
+    obj = load_run(root / "dec", answers=False)
+    for img in images:
+        cf = load_codes(tmp_path / "codes" / f"{img.name}.codes.safetensors")
+        want = to_uint8(draw(obj, [cf.codes])[0]).numpy()
+        w, h = cf.image_size
+        got = Image.open(tmp_path / "png" / img.name)
+        assert got.size == (w, h)
+        assert np.abs(np.asarray(got).astype(int) - want[:h, :w].astype(int)).max() <= 1
+    assert main(["decode", str(tmp_path / "codes"), "-o", str(tmp_path / "png2"),
+                 "--run", str(root / "nowhere")]) == 2
+    assert "no trained weights" in capsys.readouterr().err

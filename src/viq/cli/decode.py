@@ -2,12 +2,15 @@
 
     viq decode codes/ -o images/ --weights ViQ_weights/converted_64k --dtype bf16
     viq decode codes/ -o images/ --preset tiny --random-init     # try it, no downloads
+    viq decode codes/ -o images/ --run viq_demo_out/decoder       # a trained run of viq train
 
 Each ``.codes.safetensors`` file (written by ``viq encode``) goes through `ViQDrawer`: embed →
 latent head → Qwen-Image VAE decode → RGB PNG. ``--preset NAME --random-init`` builds a seeded
 random drawer instead (the preset's model as ``viq encode --preset NAME --random-init`` builds it,
 a random latent head and a small random diffusers ``AutoencoderKLQwenImage``): the pictures are
-noise, but every step runs. Unreadable codes files are reported and skipped; the exit code is 1 if
+noise, but every step runs. ``--run DIR`` draws with a run trained here (`viq.eval.reconstruction.
+run_drawer`): a stage-2-2 run's latent head or a decoder run's code decoder, and its VAE; its codes
+come from ``viq encode --checkpoint DIR/final``. Unreadable codes files are reported and skipped; the exit code is 1 if
 any input failed. An existing PNG is re-used only when it reads back and carries the fingerprint
 (PNG text ``viq:fingerprint``) of this drawer, its settings and the codes file; otherwise it is
 redone. Errors follow `viq.cli.errors`.
@@ -45,6 +48,9 @@ what it needs (exactly one):
   --size), one converted_<size>/ folder, or its model_viq_fsq_<size>.pth; beside it the drawer's
   tensors: index_drawer.pth, or a model file that carries the VAE adapter, VAE head and
   Qwen-Image VAE (vae_preprocess_layers.*, vae_head.*). Nothing is downloaded.
+  --run: a run folder of viq train (or its final/): a stage-2-2 run (its latent head) or a
+  decoder run (its code decoder, the sharper one), with the VAE it was trained against; codes
+  from viq encode --checkpoint <the run's stage-2-2>/final fit it.
   --preset NAME --random-init: a seeded random drawer, to try the command (codes from
   viq encode --preset NAME --random-init fit it; the images are noise).
 
@@ -76,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--weights", type=Path,
                      help="published ViQ weights: the downloaded folder (with --size) or a "
                           "converted_<size>/ folder (with index_drawer.pth)")
+    src.add_argument("--run", type=Path,
+                     help="a trained run folder of viq train: stage 2-2 or decoder")
     src.add_argument("--preset", help="model preset (with --random-init), e.g. tiny")
     p.add_argument("--random-init", action="store_true",
                    help="with --preset: a seeded random drawer (no downloads; images are noise)")
@@ -198,6 +206,8 @@ def _build(args: argparse.Namespace, dtype: torch.dtype):
         return drawer, {"random": args.preset, "seed": args.seed, "overrides": args.overrides}
     if args.random_init:
         raise UsageError("--random-init needs --preset NAME")
+    if args.run is not None:
+        return _build_run(args)
     from viq.backends.release import load_drawer
     from viq.fingerprint import weights_identity
 
@@ -212,6 +222,29 @@ def _build(args: argparse.Namespace, dtype: torch.dtype):
     except ValueError as e:
         raise UsageError(f"--set: {e}") from None
     return drawer, {"weights": weights_identity(args.weights), "size": args.size}
+
+
+def _build_run(args: argparse.Namespace):
+    """The drawer of a trained run (``--run``); its identity is the run's weights file."""
+    from viq.config import override
+    from viq.eval.reconstruction import run_drawer
+    from viq.fingerprint import weights_identity
+
+    if args.size:
+        raise UsageError("--size chooses among published weights; a run has its own codebook")
+    try:
+        drawer = run_drawer(args.run)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise UsageError(f"cannot build the drawer from {printable(args.run)}: {e}") from None
+    if any(not a.split("=", 1)[0].strip().startswith("image.") for a in args.overrides):
+        raise UsageError("with --run, --set may only change image.* fields")
+    try:
+        override(drawer.model.cfg, args.overrides)
+    except ValueError as e:
+        raise UsageError(f"--set: {e}") from None
+    run = args.run.parent if args.run.name == "final" else args.run
+    final = run / "final" / "weights.safetensors"  # load_run's choice: final/, else checkpoints/
+    return drawer, {"run": weights_identity(final if final.is_file() else run / "checkpoints")}
 
 
 def run(args: argparse.Namespace) -> int:

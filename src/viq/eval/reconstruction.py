@@ -47,7 +47,7 @@ class ReconResult:
 def _check_drawer(obj: Objective) -> None:
     if not hasattr(obj, "latent") or not obj.model.head.has_codes:
         raise ValueError(f"run stage {obj.cfg.stage.name!r}: reconstruction needs an FSQ head "
-                         "and a trained latent head (a stage-2-2 run)")
+                         "and a trained latent head (a stage-2-2 or decoder run)")
 
 
 @torch.no_grad()
@@ -60,6 +60,24 @@ def draw(obj: Objective, codes: Sequence[ImageCodes]) -> list[torch.Tensor]:
              else obj.model.embed(codes))
     return [obj.latent.vae.decode(lat[None].float())[0].clamp(-1, 1)
             for lat in obj.latent.predict(feats)]
+
+
+def run_drawer(run: str | Path, device: str = "cpu"):
+    """The `ViQDrawer` of a trained run folder (a stage-2-2 run: its latent head; a decoder run:
+    its code decoder), with the run's frozen VAE, in eval; ``drawer.report`` says which."""
+    from viq.eval.understanding import load_run
+    from viq.model.drawer import ViQDrawer
+
+    run = Path(run)
+    if run.name == "final" and (run / "train_config.json").is_file():
+        run = run.parent  # the run's final/ folder names the run
+    obj = load_run(run, device, answers=False)
+    _check_drawer(obj)
+    drawer = ViQDrawer(obj.model, obj.latent.latent_head, obj.latent.vae).eval()
+    what = "code decoder" if obj.latent.reads_codes else "latent head"
+    drawer.report = [f"run {run}: stage {obj.cfg.stage.name!r}, its {what} and VAE "
+                     f"({obj.cfg.vae.source})"]
+    return drawer
 
 
 @torch.no_grad()
