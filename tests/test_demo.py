@@ -15,7 +15,7 @@ from viq.demo.text_oracle import GROUP
 
 TINY = DemoPlan(synth_n=40, vae_steps=3, teacher_steps=3, steps=(3, 2, 3), eval_limit=4,
                 fit_limit=3, recon_images=2, photos=1, llm="tiny", llm_layers=(),
-                synth_max_side=192)
+                synth_max_side=192, decoder_steps=3, photo_crops=2)
 
 
 def _finite(x) -> bool:
@@ -46,6 +46,13 @@ def test_reduced_demo_end_to_end(tmp_path):
     assert "MLLM training from stored codes" in html
     rec = results["reconstruction"]  # the code decoder; beside it the latent head, the VAE alone
     assert (out / "decoder" / "final" / "weights.safetensors").is_file()
+    from viq.demo.photos import evaluation_photos, training_photos
+
+    crops = json.loads((out / "data" / "decoder.json").read_text())[
+        len(json.loads((out / "data" / "train.json").read_text())):]
+    assert len(crops) == 2 * len(training_photos(1))  # crops of every photo not evaluated
+    evaluated = {p.stem for p in evaluation_photos(1)}
+    assert not any(c["id"].split("/")[1] in evaluated for c in crops)
     assert all("vae_psnr" in r and "latent_head_psnr" in r for r in rec.values())
     assert "VAE alone" in html and "latent head" in html and "code decoder" in html
     assert rec["synthetic test images"]["vae_psnr"] > 18  # its box init keeps colours (~21 dB)

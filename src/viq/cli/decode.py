@@ -8,12 +8,12 @@ Each ``.codes.safetensors`` file (written by ``viq encode``) goes through `ViQDr
 latent head → Qwen-Image VAE decode → RGB PNG. ``--preset NAME --random-init`` builds a seeded
 random drawer instead (the preset's model as ``viq encode --preset NAME --random-init`` builds it,
 a random latent head and a small random diffusers ``AutoencoderKLQwenImage``): the pictures are
-noise, but every step runs. ``--run DIR`` draws with a run trained here (`viq.eval.reconstruction.
-run_drawer`): a stage-2-2 run's latent head or a decoder run's code decoder, and its VAE; its codes
-come from ``viq encode --checkpoint DIR/final``. Unreadable codes files are reported and skipped; the exit code is 1 if
-any input failed. An existing PNG is re-used only when it reads back and carries the fingerprint
-(PNG text ``viq:fingerprint``) of this drawer, its settings and the codes file; otherwise it is
-redone. Errors follow `viq.cli.errors`.
+noise, but every step runs. ``--run DIR`` draws with a run trained here
+(`viq.eval.reconstruction.run_drawer`): a stage-2-2 run's latent head or a decoder run's code
+decoder, and its VAE; its codes come from ``viq encode --checkpoint DIR/final``. Unreadable codes
+files are reported and skipped; the exit code is 1 if any input failed. An existing PNG is
+re-used only when it reads back and carries the fingerprint (PNG text ``viq:fingerprint``) of
+this drawer, its settings and the codes file; otherwise it is redone. Errors follow `viq.cli.errors`.
 """
 
 from __future__ import annotations

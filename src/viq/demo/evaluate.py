@@ -66,19 +66,6 @@ def mllm_speedup(obj, seq: int = 384, repeats: int = 2) -> dict:
             "step speed-up (×)": s_on / s_st}
 
 
-def _photos(limit: int) -> list[Path]:
-    """The photo bundled with viq, then the real photos of installed packages (viq data photos)."""
-    from viq.data.bundled import bundled_photo
-    from viq.data.photos import bundled_photo_paths
-
-    found, seen = [], set()
-    for path in [bundled_photo()] + list(bundled_photo_paths().values()):
-        if Path(path).stem not in seen:  # the bundled cat is also scikit-image's "chelsea"
-            seen.add(Path(path).stem)
-            found.append(path)
-    return found[:limit]
-
-
 def _fit_note(fit: dict, same: float) -> str:
     """What the fit check says: does the image change the answers on training images?"""
     own, other = (r["overall"] for r in fit.values())
@@ -96,6 +83,7 @@ def _fit_note(fit: dict, same: float) -> str:
 
 
 def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = True) -> dict:
+    from viq.demo.photos import evaluation_photos
     from viq.eval.reconstruction import code_usage, reconstruct_files
     from viq.eval.report import RECON_ROWS, plot_losses, plot_reconstructions, plot_usage
     from viq.eval.understanding import evaluate, load_run
@@ -151,7 +139,7 @@ def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = Tru
     dec = load_run(out / "decoder", answers=False)
     results["reconstruction"] = {}
     for label, paths, keep, fig in (("synthetic test images", held_out, 6, "recon_synthetic.png"),
-                                    ("real photos", _photos(plan.photos), plan.photos,
+                                    ("real photos", evaluation_photos(plan.photos), plan.photos,
                                      "recon_photos.png")):
         if not paths:
             continue

@@ -20,7 +20,8 @@ finished training run is reused only with this version's recipe (`train_or_reuse
 4. ``stage1/`` → ``stage2_1/`` → ``stage2_2/``  the three ViQ stages through `viq.train` with
                  SmolLM2-135M-Instruct (LoRA), each starting from the previous one
    ``decoder/``  the code decoder (`viq.train.stages.decoder`) on the frozen stage-2-2 tokenizer:
-                 codes → VAE latents, the reconstructions' path
+                 codes → VAE latents, the reconstructions' path; trained on the training split
+                 and crops of the installed photos that are not evaluated (`viq.demo.photos`)
 5. ``store/``    the test split's codes (``viq extract``)
 6. ``results.json`` + ``report.html``  understanding (continuous stage-1 model / quantized stage
                  2-2 model fed from the stored codes / blind baselines), reconstruction PSNR/SSIM
@@ -47,6 +48,7 @@ class DemoPlan:
     teacher_steps: int = 600  # ≈ 2 min (viq.demo.teacher)
     steps: tuple[int, int, int] = (540, 50, 100)  # stage 1, 2-1, 2-2
     decoder_steps: int = 400  # the code decoder on the frozen stage 2-2 (viq.demo.runs)
+    photo_crops: int = 36  # crops of each photo not evaluated, for the decoder (viq.demo.photos)
     eval_limit: int = 0  # test samples answered per condition (0 = all)
     fit_limit: int = 100  # training samples of the fit check (viq.demo.evaluate)
     recon_images: int = 12
@@ -149,12 +151,15 @@ def train_stage(name: str, out: Path, data: Path, plan: DemoPlan, progress: bool
 
 
 def decoder_config(out: Path, data: Path, plan: DemoPlan):
-    """The demo's code decoder, on the frozen stage-2-2 run (`viq.demo.runs.demo_decoder`)."""
+    """The demo's code decoder, on the frozen stage-2-2 run (`viq.demo.runs.demo_decoder`),
+    trained on the training split and crops of the photos not evaluated (`viq.demo.photos`)."""
     from viq.demo import runs
+    from viq.demo.photos import write_decoder_data
 
     steps = plan.decoder_steps
+    train_file = write_decoder_data(data, plan.photos, plan.photo_crops)
     return override(runs.demo_decoder(), [
-        f"data.train={data / 'train.json'}", f"data.val={data / 'val.json'}",
+        f"data.train={train_file}", f"data.val={data / 'val.json'}",
         f"vae.source={out / 'vae'}", f"teacher.source={out / 'teacher'}",
         f"run.steps={steps}", f"run.checkpoint_every={max(10, steps // 4)}",
         f"llm.source={plan.llm}", f"stage.init_from={out / 'stage2_2'}"])
