@@ -13,7 +13,8 @@ noise, but every step runs. ``--run DIR`` draws with a run trained here
 decoder, and its VAE; its codes come from ``viq encode --checkpoint DIR/final``. Unreadable codes
 files are reported and skipped; the exit code is 1 if any input failed. An existing PNG is
 re-used only when it reads back and carries the fingerprint (PNG text ``viq:fingerprint``) of
-this drawer, its settings and the codes file; otherwise it is redone. Errors follow `viq.cli.errors`.
+this drawer, its settings and the codes file; otherwise it is redone. Errors follow
+`viq.cli.errors`.
 """
 
 from __future__ import annotations
