@@ -19,8 +19,8 @@ FLAGS = {
     "bench mllm-speedup": "--device --dtype --paper --quick --repeats",
     "encode": "--center-crop --checkpoint --device --dtype --max-tokens --out --overwrite "
               "--preset --quiet --random-init --resize --seed --set --size --weights -o",
-    "decode": "--device --dtype --out --overwrite --preset --quiet --random-init --seed --set "
-              "--size --weights -o",
+    "decode": "--device --dtype --out --overwrite --preset --quiet --random-init --run --seed "
+              "--set --size --weights -o",
     "bench encoder": "--atol --depth --device --dtype --heads --images --max-size --min-size "
                      "--mlp-dim --patch --pos-grid --quick --repeats --seed --warmup --width",
     "bench head": "--device --image-size --quick --repeats --threads",
