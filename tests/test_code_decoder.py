@@ -133,3 +133,15 @@ def test_viq_decode_draws_with_a_trained_run(decoder_run, tmp_path, capsys):
     assert main(["decode", str(tmp_path / "codes"), "-o", str(tmp_path / "png2"),
                  "--run", str(root / "nowhere")]) == 2
     assert "no trained weights" in capsys.readouterr().err
+
+
+def test_viq_eval_reconstructs_with_a_decoder_run(decoder_run, capsys):
+    from viq.cli.main import main
+
+    root = decoder_run
+    image = sorted((root / "dec" / "data" / "images").glob("*.png"))[0]
+    assert main(["eval", "--run", str(root / "dec"), "--recon", str(image), "--quiet"]) == 0
+    assert "reconstruction: PSNR" in capsys.readouterr().out
+    split = root / "dec" / "data" / "val.json"
+    assert main(["eval", "--run", str(root / "dec"), "--split", str(split), "--quiet"]) == 1
+    assert "no text loss" in capsys.readouterr().err

@@ -5,6 +5,7 @@ reconstruction from codes (PSNR / SSIM).
     viq eval --run runs/s22 --split data/test.json --codes store/        # from stored codes
     viq eval --run runs/s22 --split data/test.json --mode shuffled       # blind baseline
     viq eval --run runs/s22 --recon photo1.jpg photo2.png                # reconstruction
+    viq eval --run runs/dec --recon photo1.jpg                  # with a decoder run's code decoder
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codes", type=Path, help="a code store of the split (viq extract)")
     p.add_argument("--limit", type=int, default=0, help="first N samples only (0 = all)")
     p.add_argument("--recon", nargs="*", type=Path, default=[],
-                   help="images to reconstruct from their codes (stage-2-2 runs)")
+                   help="images to reconstruct from their codes (stage-2-2 or decoder runs)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
         quiet_loading()
     try:
-        obj = load_run(args.run)
+        obj = load_run(args.run, answers=args.split is not None)  # a decoder run only draws
         results: dict = {"run": str(args.run)}
         if args.split is not None:
             codes = None
