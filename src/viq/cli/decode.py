@@ -245,7 +245,9 @@ def _build_run(args: argparse.Namespace):
         raise UsageError(f"--set: {e}") from None
     run = args.run.parent if args.run.name == "final" else args.run
     final = run / "final" / "weights.safetensors"  # load_run's choice: final/, else checkpoints/
-    return drawer, {"run": weights_identity(final if final.is_file() else run / "checkpoints")}
+    vae = Path(drawer.vae_source)  # a retrained VAE folder makes other pictures
+    return drawer, {"run": weights_identity(final if final.is_file() else run / "checkpoints"),
+                    "vae": weights_identity(vae) if vae.exists() else drawer.vae_source}
 
 
 def run(args: argparse.Namespace) -> int:

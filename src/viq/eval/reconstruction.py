@@ -77,6 +77,7 @@ def run_drawer(run: str | Path, device: str = "cpu"):
     what = "code decoder" if obj.latent.reads_codes else "latent head"
     drawer.report = [f"run {run}: stage {obj.cfg.stage.name!r}, its {what} and VAE "
                      f"({obj.cfg.vae.source})"]
+    drawer.vae_source = obj.cfg.vae.source  # part of what the drawer is (viq decode's fingerprint)
     return drawer
 
 
