@@ -52,6 +52,7 @@ def test_reduced_demo_end_to_end(tmp_path):
         len(json.loads((out / "data" / "train.json").read_text())):]
     assert len(crops) == 2 * len(training_photos(1))  # crops of every photo not evaluated
     evaluated = {p.stem for p in evaluation_photos(1)}
+    assert results["photos"]["evaluated"] == sorted(evaluated) and "evaluated: " in html
     assert not any(c["id"].split("/")[1] in evaluated for c in crops)
     assert all("vae_psnr" in r and "latent_head_psnr" in r for r in rec.values())
     assert "VAE alone" in html and "latent head" in html and "code decoder" in html

@@ -83,7 +83,7 @@ def _fit_note(fit: dict, same: float) -> str:
 
 
 def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = True) -> dict:
-    from viq.demo.photos import evaluation_photos
+    from viq.demo.photos import evaluation_photos, training_photos
     from viq.eval.reconstruction import code_usage, reconstruct_files
     from viq.eval.report import RECON_ROWS, plot_losses, plot_reconstructions, plot_usage
     from viq.eval.understanding import evaluate, load_run
@@ -151,6 +151,10 @@ def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = Tru
         shown = [(x, y, h[1], v) for (x, y, v), h in zip(pairs, head_pairs, strict=True)]
         figs.append(plot_reconstructions(shown, out, fig, RECON_ROWS).name)
     results["figures"]["reconstructions"] = figs
+    results["photos"] = {"evaluated": [p.stem for p in evaluation_photos(plan.photos)],
+                         "cut into the decoder's crops": [
+                             p.stem for p in training_photos(plan.photos)] if plan.photo_crops
+                         else []}
 
     flat = [c for cs in codes.values() for c in cs]
     results["codes"] = code_usage(flat)

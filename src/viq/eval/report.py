@@ -194,6 +194,10 @@ def write_html(results: dict, out: Path) -> Path:
               _table(rows, ["images", "code decoder: PSNR dB", "SSIM",
                             "latent head: PSNR / SSIM", "VAE alone: PSNR / SSIM", "n"]),
               f"<p class='note'>{html.escape(RECON_NOTE)}</p>"]
+    photos = r.get("photos", {})
+    if photos:
+        parts.append("<p class='note'>" + html.escape("; ".join(
+            f"{k}: {', '.join(v) or 'none'}" for k, v in photos.items())) + ".</p>")
     for fig in r.get("figures", {}).get("reconstructions", []):
         parts.append(f"<img src='{html.escape(fig)}'>")
     u = r.get("codes", {})
