@@ -103,6 +103,11 @@ def test_decoder_run_reconstructs_and_has_no_llm_to_ask(decoder_run):
     rec, pairs = reconstruct_files(obj, images, keep=2, vae=True)
     assert len(pairs) == 2 and all(p[0].shape == p[1].shape for p in pairs)
     assert rec.psnr > 0 and 0 <= rec.ssim <= 1
+    # drawing with a stage-2-2 run builds no LLM and no teacher, and draws what the full run does
+    light, full = load_run(root / "s22", answers=False), load_run(root / "s22")
+    assert not hasattr(light, "text") and not hasattr(light, "distill") and hasattr(full, "text")
+    a, b = reconstruct_files(light, images)[0], reconstruct_files(full, images)[0]
+    assert [r["psnr"] for r in a.per_image] == [r["psnr"] for r in b.per_image]
 
 
 def test_viq_decode_draws_with_a_trained_run(decoder_run, tmp_path, capsys):

@@ -19,6 +19,7 @@ Scores use the benchmark's own rule (`viq.data.score`: normalised exact match, p
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -34,15 +35,16 @@ from viq.model.viq import ImageCodes
 from viq.train.checkpoint import list_checkpoints, load_weights
 from viq.train.config import TrainConfig
 from viq.train.objective import Objective
-from viq.train.stages import select_trainable
+from viq.train.stages import LossWeights, select_trainable
 
 Mode = Literal["images", "codes", "shuffled", "blind"]
 
 
 def load_run(run_dir: str | Path, device: str = "cpu", answers: bool = True) -> Objective:
     """The objective of a finished (or checkpointed) run, with its trained weights, in eval
-    (adapters merged into the LLM: for answering, not for further training). ``answers=False``
-    also accepts a run without an LLM (a `viq.train.stages.decoder` run, for reconstructions)."""
+    (adapters merged into the LLM: for answering, not for further training). ``answers=False``:
+    for drawing only — the tokenizer and the latent regressor, no LLM and no teacher built; a
+    stage-2-2 or `viq.train.stages.decoder` run."""
     run = Path(run_dir)
     final = run / "final"
     if (final / "weights.safetensors").is_file():
@@ -57,6 +59,12 @@ def load_run(run_dir: str | Path, device: str = "cpu", answers: bool = True) -> 
     if answers and "text" not in cfg.stage.losses.active():
         raise ValueError(f"{run}: stage {cfg.stage.name!r} has no text loss, so no trained LLM "
                          "to answer questions")
+    if not answers:
+        if "recon" not in cfg.stage.losses.active() or cfg.stage.quantizer != "fsq":
+            raise ValueError(f"{run}: stage {cfg.stage.name!r}: reconstruction needs an FSQ head "
+                             "and a trained latent head (a stage-2-2 or decoder run)")
+        drawing = LossWeights(text=0.0, distill=0.0, recon=cfg.stage.losses.recon)
+        cfg = dataclasses.replace(cfg, stage=dataclasses.replace(cfg.stage, losses=drawing))
     obj = Objective(cfg)
     select_trainable(obj, cfg.stage)  # the run saved what it trained (+ the model)
     load_weights(obj, weights)
