@@ -194,7 +194,6 @@ def _plan(jobs: list[Job], run_fp: str, overwrite: bool) -> tuple[list[Job], int
 
 def _build(args: argparse.Namespace, dtype: torch.dtype):
     """(drawer, its identity for the fingerprint); usage errors for bad flags."""
-    from viq.config import override
 
     if args.preset is not None:
         if not args.random_init:
@@ -216,18 +215,25 @@ def _build(args: argparse.Namespace, dtype: torch.dtype):
         drawer = load_drawer(args.weights, size=args.size, dtype=dtype)
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(f"cannot build the drawer: {e}") from None
-    if any(not a.split("=", 1)[0].strip().startswith("image.") for a in args.overrides):
-        raise UsageError("with --weights, --set may only change image.* fields")
-    try:
-        override(drawer.model.cfg, args.overrides)
-    except ValueError as e:
-        raise UsageError(f"--set: {e}") from None
+    _check_image_overrides(drawer, args.overrides, "--weights")
     return drawer, {"weights": weights_identity(args.weights), "size": args.size}
 
 
-def _build_run(args: argparse.Namespace):
-    """The drawer of a trained run (``--run``); its identity is the run's weights file."""
+def _check_image_overrides(drawer, overrides: list[str], source: str) -> None:
+    """A drawer with weights takes only image.* overrides, and they must apply to its config."""
     from viq.config import override
+
+    if any(not a.split("=", 1)[0].strip().startswith("image.") for a in overrides):
+        raise UsageError(f"with {source}, --set may only change image.* fields")
+    try:
+        override(drawer.model.cfg, overrides)
+    except ValueError as e:
+        raise UsageError(f"--set: {e}") from None
+
+
+def _build_run(args: argparse.Namespace):
+    """The drawer of a trained run (``--run``); its identity is the run's weights file and
+    its VAE folder (a retrained VAE draws other pictures)."""
     from viq.eval.reconstruction import run_drawer
     from viq.fingerprint import weights_identity
 
@@ -237,17 +243,10 @@ def _build_run(args: argparse.Namespace):
         drawer = run_drawer(args.run)
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise UsageError(f"cannot build the drawer from {printable(args.run)}: {e}") from None
-    if any(not a.split("=", 1)[0].strip().startswith("image.") for a in args.overrides):
-        raise UsageError("with --run, --set may only change image.* fields")
-    try:
-        override(drawer.model.cfg, args.overrides)
-    except ValueError as e:
-        raise UsageError(f"--set: {e}") from None
-    run = args.run.parent if args.run.name == "final" else args.run
-    final = run / "final" / "weights.safetensors"  # load_run's choice: final/, else checkpoints/
-    vae = Path(drawer.vae_source)  # a retrained VAE folder makes other pictures
-    return drawer, {"run": weights_identity(final if final.is_file() else run / "checkpoints"),
-                    "vae": weights_identity(vae) if vae.exists() else drawer.vae_source}
+    _check_image_overrides(drawer, args.overrides, "--run")
+    vae = Path(drawer.sources["vae"])
+    return drawer, {"run": weights_identity(drawer.sources["weights"]),
+                    "vae": weights_identity(vae) if vae.exists() else str(vae)}
 
 
 def run(args: argparse.Namespace) -> int:

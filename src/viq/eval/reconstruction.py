@@ -64,8 +64,9 @@ def draw(obj: Objective, codes: Sequence[ImageCodes]) -> list[torch.Tensor]:
 
 def run_drawer(run: str | Path, device: str = "cpu"):
     """The `ViQDrawer` of a trained run folder (a stage-2-2 run: its latent head; a decoder run:
-    its code decoder), with the run's frozen VAE, in eval; ``drawer.report`` says which."""
-    from viq.eval.understanding import load_run
+    its code decoder), with the run's frozen VAE, in eval; ``drawer.report`` says which and
+    ``drawer.sources`` names what it was built from (its weights file, its VAE)."""
+    from viq.eval.understanding import load_run, run_files
     from viq.model.drawer import ViQDrawer
 
     run = Path(run)
@@ -77,7 +78,7 @@ def run_drawer(run: str | Path, device: str = "cpu"):
     what = "code decoder" if obj.latent.reads_codes else "latent head"
     drawer.report = [f"run {run}: stage {obj.cfg.stage.name!r}, its {what} and VAE "
                      f"({obj.cfg.vae.source})"]
-    drawer.vae_source = obj.cfg.vae.source  # part of what the drawer is (viq decode's fingerprint)
+    drawer.sources = {"weights": run_files(run)[1], "vae": obj.cfg.vae.source}
     return drawer
 
 

@@ -40,21 +40,26 @@ from viq.train.stages import LossWeights, select_trainable
 Mode = Literal["images", "codes", "shuffled", "blind"]
 
 
+def run_files(run_dir: str | Path) -> tuple[Path, Path]:
+    """(config, weights) of a run folder: ``final/`` when finished, else its newest checkpoint."""
+    run = Path(run_dir)
+    final = run / "final"
+    if (final / "weights.safetensors").is_file():
+        return final / "train_config.json", final / "weights.safetensors"
+    ckpts = list_checkpoints(run / "checkpoints")
+    if not ckpts:
+        raise FileNotFoundError(f"{run}: no trained weights (final/weights.safetensors or "
+                                "checkpoints/step_*); train it first with viq train")
+    return run / "config.json", ckpts[-1] / "weights.safetensors"
+
+
 def load_run(run_dir: str | Path, device: str = "cpu", answers: bool = True) -> Objective:
     """The objective of a finished (or checkpointed) run, with its trained weights, in eval
     (adapters merged into the LLM: for answering, not for further training). ``answers=False``:
     for drawing only — the tokenizer and the latent regressor, no LLM and no teacher built; a
     stage-2-2 or `viq.train.stages.decoder` run."""
     run = Path(run_dir)
-    final = run / "final"
-    if (final / "weights.safetensors").is_file():
-        cfg_path, weights = final / "train_config.json", final / "weights.safetensors"
-    else:
-        ckpts = list_checkpoints(run / "checkpoints")
-        if not ckpts:
-            raise FileNotFoundError(f"{run}: no trained weights (final/weights.safetensors or "
-                                    "checkpoints/step_*); train it first with viq train")
-        cfg_path, weights = run / "config.json", ckpts[-1] / "weights.safetensors"
+    cfg_path, weights = run_files(run)
     cfg = load_json(TrainConfig, cfg_path)
     if answers and "text" not in cfg.stage.losses.active():
         raise ValueError(f"{run}: stage {cfg.stage.name!r} has no text loss, so no trained LLM "
