@@ -50,7 +50,7 @@ def test_a_demo_folder_keeps_its_schedule(tmp_path, capsys):
     (demo / PLAN_FILE).write_text(json.dumps(json.loads(json.dumps(
         dataclasses.asdict(QUICK)))))
     check_plan(demo, QUICK)
-    with pytest.raises(ValueError, match="another schedule .decoder_steps: 80 there, 300 now; "
+    with pytest.raises(ValueError, match="another schedule .decoder_steps: 300 there, 1000 now; "
                        "eval_limit: 30 there, 0 now; .*"
                        "and 6 more.*--quick or not"):
         check_plan(demo, DemoPlan())

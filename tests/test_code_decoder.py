@@ -3,6 +3,8 @@ stage-2-2 tokenizer by the ``decoder`` stage; reconstructions read it through `d
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ from viq.eval.understanding import load_run
 from viq.model.code_decoder import CodeDecoder
 from viq.model.packing import Packed
 from viq.model.viq import ImageCodes
+from viq.train.frozen_cache import FrozenCache
 from viq.train.loop import train
 from viq.train.metrics import read_metrics
 from viq.train.objective import Objective
@@ -57,6 +60,41 @@ def test_code_values_are_the_fsq_grid_values_per_patch():
     assert torch.equal(values.tokens[0], first.reshape(-1))
     with pytest.raises(ValueError, match="not integers in"):
         model.code_values([codes + 10**6])
+
+
+def test_frozen_cache_reuses_the_frozen_work_and_gives_the_same_loss():
+    """L_recon on a frozen tokenizer keeps each image's codes and VAE target (`FrozenCache`): a
+    batch seen again runs neither the tokenizer nor the VAE and gives the same loss."""
+    obj = Objective(get_run("tiny_decoder"))
+    obj.model.requires_grad_(False)
+    calls = {"encoder": 0, "vae": 0}
+    obj.model.encoder.register_forward_hook(lambda *a: calls.__setitem__("encoder",
+                                                                          calls["encoder"] + 1))
+    obj.latent.vae.model.encoder.register_forward_hook(lambda *a: calls.__setitem__(
+        "vae", calls["vae"] + 1))
+    g = torch.Generator().manual_seed(0)
+    a, b, c = (torch.rand(3, h, w, generator=g) * 2 - 1 for h, w in ((32, 48), (48, 32), (32, 32)))
+    with torch.no_grad():
+        feats, _, _, codes = obj.features([a, b], pool=False)
+        plain = obj.latent(obj.latent_input(feats, codes), [a, b])
+    calls.update(encoder=0, vae=0)
+    first = obj(SimpleNamespace(images=[a, b]))
+    assert calls == {"encoder": 1, "vae": 2} and obj.cache.misses == 2
+    assert torch.allclose(first.total, plain, rtol=1e-5) and set(first.terms) == {"recon"}
+    again = obj(SimpleNamespace(images=[b.clone(), a.clone(), c]))  # same pixels, new tensors
+    assert calls == {"encoder": 2, "vae": 3} and obj.cache.hits == 2  # only c was computed
+    with torch.no_grad():
+        feats, _, _, codes = obj.features([b, a, c], pool=False)
+        plain = obj.latent(obj.latent_input(feats, codes), [b, a, c])
+    assert torch.allclose(again.total, plain, rtol=1e-5)
+    again.total.backward()
+    assert obj.latent.latent_head.to_latent.weight.grad.abs().sum() > 0
+    obj.cache = FrozenCache(0)  # no room: nothing is kept
+    obj(SimpleNamespace(images=[a]))
+    assert obj.cache.items == {} and obj.cache.misses == 1
+    obj.model.encoder.requires_grad_(True)  # a tokenizer that trains is never cached
+    obj(SimpleNamespace(images=[a]))
+    assert obj.cache.misses == 1 and calls["encoder"] == 5
 
 
 def test_codes_head_needs_an_fsq_stage():

@@ -198,6 +198,29 @@ def test_answers_are_short_and_follow_from_scene_and_pixels(dataset):
     assert small_text >= 2  # small text is part of the ocr category
 
 
+def test_max_objects_caps_the_scenes_and_keeps_answers_true(tmp_path):
+    """``max_objects`` (viq demo's easier benchmark) caps the shapes of general and detail scenes;
+    every answer still follows from scene and pixels, and the largest cap is no cap at all."""
+    write_json_dataset(SynthConfig(n=48, seed=5, max_objects=2), tmp_path / "two")
+    recs = _records(tmp_path / "two")
+    scenes = [r for r in recs if r["category"] in ("general", "detail")]
+    assert len(scenes) == 24
+    assert all(1 <= len(r["scene"]["objects"]) <= 2 for r in scenes)
+    assert {len(r["scene"]["objects"]) for r in scenes if r["category"] == "general"} == {1, 2}
+    assert all(len(r["scene"]["objects"]) == 2 for r in scenes if r["category"] == "detail")
+    for rec in recs:
+        _check_scene_answer(rec, rec["conversations"][0]["value"].split("\n")[1])
+        with Image.open(tmp_path / "two" / rec["image"][0]["img_path"]) as im:
+            _check_pixels(rec, np.asarray(im.convert("RGB")))
+    write_json_dataset(SynthConfig(n=16, seed=5), tmp_path / "none")
+    write_json_dataset(SynthConfig(n=16, seed=5, max_objects=11), tmp_path / "most")
+    none, most = _files(tmp_path / "none"), _files(tmp_path / "most")
+    assert {k: v for k, v in none.items() if k != "meta.json"} == {
+        k: v for k, v in most.items() if k != "meta.json"}
+    with pytest.raises(ValueError, match="max_objects"):
+        SynthConfig(max_objects=12)
+
+
 def test_llava_reader_round_trip(dataset):
     from viq.data.llava import load_llava
 

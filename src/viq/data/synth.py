@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from viq.cli.errors import UsageError, check_out_dir, check_range, command
 from viq.data.synth_render import (
+    MAX_SCENE_OBJECTS,
     Rendered,
     font_names,
     get_font,
@@ -46,6 +47,7 @@ from viq.data.synth_text import render_chart, render_ocr
 from viq.data.synth_turns import extra_turns
 
 CATEGORIES: tuple[str, ...] = ("general", "ocr", "chart", "detail")
+SCENE_CATEGORIES: tuple[str, ...] = ("general", "detail")  # scenes of shapes (`max_objects`)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 RENDERERS = {"general": render_general, "ocr": render_ocr, "chart": render_chart,
              "detail": render_detail}
@@ -73,6 +75,7 @@ class SynthConfig:
     resize: str | None = None  # copied into every image entry's "resize" (SPEC B1.5), if set
     categories: tuple[str, ...] = CATEGORIES
     train_turns: int = 1  # questions per training image (> 1: multi-turn, `viq.data.synth_turns`)
+    max_objects: int = 0  # cap on the shapes of a general / detail scene (0: the benchmark's own)
 
     def __post_init__(self) -> None:
         if not 1 <= self.n <= MAX_SAMPLES:
@@ -95,6 +98,9 @@ class SynthConfig:
         if not 1 <= self.train_turns <= MAX_TURNS:
             raise ValueError(f"synth: train_turns must be between 1 and {MAX_TURNS}, got "
                              f"{self.train_turns}")
+        if not 0 <= self.max_objects <= MAX_SCENE_OBJECTS:
+            raise ValueError(f"synth: max_objects must be between 0 (no cap) and "
+                             f"{MAX_SCENE_OBJECTS}, got {self.max_objects}")
         if self.image_format not in ("png", "jpeg"):
             raise ValueError(f"synth: image_format must be png or jpeg, got {self.image_format}")
         if self.resize is not None:  # refuse now rather than make every written sample bad
@@ -157,7 +163,10 @@ def make_sample(cfg: SynthConfig, index: int, category: str) -> tuple[Rendered, 
     """Draw sample ``index`` and encode its image; depends only on (cfg, index, category)."""
     rng = np.random.default_rng([cfg.seed, 1, index])
     width, height = sample_size(rng, cfg, category)
-    rendered = RENDERERS[category](rng, width, height)
+    if category in SCENE_CATEGORIES and cfg.max_objects:
+        rendered = RENDERERS[category](rng, width, height, max_objects=cfg.max_objects)
+    else:
+        rendered = RENDERERS[category](rng, width, height)
     buf = io.BytesIO()
     if cfg.image_format == "png":
         rendered.image.save(buf, format="PNG", compress_level=6)
@@ -302,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-turns", type=int, default=1,
                    help="questions per training image (default 1; more: multi-turn samples whose "
                         "extra questions are derived from the scene; val/test keep one)")
+    p.add_argument("--max-objects", type=int, default=0,
+                   help="at most this many shapes in a general or detail scene (default 0: the "
+                        "benchmark's own 2-5, counts up to 11; a smaller cap makes an easier "
+                        "benchmark, e.g. 2 for viq demo's miniature)")
     p.add_argument("--image-format", choices=("png", "jpeg"), default="png",
                    help="png is lossless (keeps small text readable); jpeg is smaller")
     p.add_argument("--jpeg-quality", type=int, default=95)
@@ -331,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                           min_side=args.min_side, max_side=args.max_side,
                           max_aspect=args.max_aspect, image_format=args.image_format,
                           jpeg_quality=args.jpeg_quality, resize=args.resize,
-                          train_turns=args.train_turns,
+                          train_turns=args.train_turns, max_objects=args.max_objects,
                           categories=tuple(c for c in args.categories.split(",") if c))
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -70,6 +70,9 @@ class Rendered:
 
 
 # ----------------------------------------------------------------------------- small helpers
+MAX_SCENE_OBJECTS = 11  # the most a general or detail scene draws (a count scene: 7 + 4 others)
+
+
 def pick(rng: np.random.Generator, seq: Any) -> Any:
     return seq[int(rng.integers(len(seq)))]
 
@@ -214,18 +217,22 @@ def _large_radii(rng: np.random.Generator, width: int, height: int, n: int) -> l
 
 
 # ----------------------------------------------------------------------------- general
-def render_general(rng: np.random.Generator, width: int, height: int) -> Rendered:
-    """Shape, colour, count and relative-position questions about a scene of simple shapes."""
+def render_general(rng: np.random.Generator, width: int, height: int,
+                   max_objects: int = 0) -> Rendered:
+    """Shape, colour, count and relative-position questions about a scene of simple shapes:
+    2–5 objects (counts: 1–7 of the shape asked and up to 4 others), at most ``max_objects``
+    when it is set (0: no cap; with 1 there is no pair to place, so no position question)."""
+    cap = max_objects or MAX_SCENE_OBJECTS
     kind = pick(rng, ("shape", "colour", "count", "position"))
     if kind == "count":
         target, others = pick(rng, SHAPES), []
-        k = int(rng.integers(1, 8))
+        k = int(rng.integers(1, min(7, cap) + 1))
         rest = [s for s in SHAPES if s != target]
-        others = [pick(rng, rest) for _ in range(int(rng.integers(0, 5)))]
+        others = [pick(rng, rest) for _ in range(int(rng.integers(0, min(4, cap - k) + 1)))]
         specs = [{"shape": s, "colour": pick(rng, tuple(PALETTE))} for s in [target] * k + others]
         specs = [specs[int(i)] for i in rng.permutation(len(specs))]
     else:
-        n = int(rng.integers(2, 6))
+        n = int(rng.integers(min(2, cap), min(5, cap) + 1))
         specs = [{"shape": s, "colour": c} for s, c in
                  zip(sample(rng, SHAPES, n), sample(rng, tuple(PALETTE), n), strict=True)]
     bg = pale_background(rng)
@@ -289,10 +296,13 @@ def position_turn(a: dict[str, Any], b: dict[str, Any], axis: str) -> tuple[str,
 
 
 # ----------------------------------------------------------------------------- detail
-def render_detail(rng: np.random.Generator, width: int, height: int) -> Rendered:
-    """Fine attributes of small objects placed among large distractors."""
+def render_detail(rng: np.random.Generator, width: int, height: int,
+                  max_objects: int = 0) -> Rendered:
+    """Fine attributes of a small object placed among 1–3 large distractors (fewer when
+    ``max_objects`` caps the objects in all; there is always one distractor)."""
+    cap = max_objects or MAX_SCENE_OBJECTS
     kind = pick(rng, ("tiny_colour", "arrow", "dots", "outline"))
-    n_large = int(rng.integers(1, 4))
+    n_large = int(rng.integers(1, max(1, min(3, cap - 1)) + 1))
     small_shape = "square" if kind == "dots" else pick(rng, SHAPES)
     large_shapes = sample(rng, [s for s in SHAPES if s != small_shape], n_large)
     specs = [{"shape": s, "colour": pick(rng, tuple(PALETTE))} for s in large_shapes]

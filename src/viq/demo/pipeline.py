@@ -47,7 +47,7 @@ class DemoPlan:
     vae_steps: int = 170  # ≈ 1.7 min on 2 idle cores (viq.demo.vae)
     teacher_steps: int = 600  # ≈ 2 min (viq.demo.teacher)
     steps: tuple[int, int, int] = (540, 50, 100)  # stage 1, 2-1, 2-2
-    decoder_steps: int = 300  # the code decoder on the frozen stage 2-2 (viq.demo.runs)
+    decoder_steps: int = 1000  # the code decoder on the frozen stage 2-2 (viq.demo.runs)
     photo_crops: int = 36  # crops of each photo not evaluated, for the decoder (viq.demo.photos)
     eval_limit: int = 0  # test samples answered per condition (0 = all)
     fit_limit: int = 100  # training samples of the fit check (viq.demo.evaluate)
@@ -63,7 +63,7 @@ class DemoPlan:
 
 
 QUICK = DemoPlan(synth_n=300, vae_steps=50, teacher_steps=200, steps=(150, 16, 30),
-                 decoder_steps=80,
+                 decoder_steps=300,
                  eval_limit=30, fit_limit=30, recon_images=6, photos=2)
 STAGES = ("stage1", "stage2_1", "stage2_2")
 

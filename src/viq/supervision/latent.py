@@ -155,9 +155,12 @@ class LatentSupervision(nn.Module):
         if len(images) == 0:
             raise ValueError("LatentSupervision: no images (the caller skips L_recon for "
                              "text-only batches)")
+        return self.loss(features, self.target(images))
+
+    def loss(self, features: Packed, targets: Sequence[torch.Tensor]) -> torch.Tensor:
+        """`forward` with the targets given (`target`, or kept from an earlier step)."""
         losses = []
-        for i, (pred, tgt) in enumerate(zip(self.predict(features), self.target(images),
-                                            strict=True)):
+        for i, (pred, tgt) in enumerate(zip(self.predict(features), targets, strict=True)):
             if pred.shape != tgt.shape:
                 raise ValueError(
                     f"LatentSupervision: image {i} (grid {features.grids[i]}) predicts "

@@ -88,6 +88,9 @@ class RunConfig:
     activation_checkpointing: bool = False
     tensorboard: bool = True
     export: bool = True  # save_pretrained the model at the end (viq encode --checkpoint)
+    # L_recon alone on a frozen tokenizer (the code decoder): keep each image's codes and VAE
+    # target in this many MB of CPU memory and reuse them (viq.train.frozen_cache); 0 = off
+    frozen_cache_mb: int = 1024
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "run.steps", f"must be >= 1, got {self.steps}")
@@ -98,6 +101,7 @@ class RunConfig:
         _check(self.val_every >= 0 and self.val_batches >= 0, "run.val_every/val_batches",
                "must be >= 0")
         _check(self.max_nonfinite >= 1, "run.max_nonfinite", "must be >= 1")
+        _check(self.frozen_cache_mb >= 0, "run.frozen_cache_mb", "must be >= 0 (0 = off)")
         _check(self.dist in ("none", "ddp", "fsdp2"), "run.dist",
                f"must be none, ddp or fsdp2, got {self.dist!r}")
         _check(self.dtype in ("fp32", "bf16"), "run.dtype", "must be fp32 or bf16")

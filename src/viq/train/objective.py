@@ -11,6 +11,10 @@ Features for the losses: ``stage.features == "encoder"`` (stage 1) uses the enco
 pools them with the encoder's MAP head; ``"head"`` (stage 2) uses the head's output ``x_low`` and
 pools it with the same MAP head (the release's student, SPEC B1.7, Part C 8); ``"codes"`` embeds
 stored codes (`viq.codes.storesource`) with the head's decode half — no encoder runs.
+
+With L_recon alone on a frozen tokenizer (the code decoder's stage) each image's regressor input
+and VAE target are kept in a `FrozenCache` (``run.frozen_cache_mb``) and reused when the image
+comes again (`viq.train.frozen_cache`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from viq.data.loader import Batch
 from viq.model.packing import Packed
 from viq.model.viq import ImageCodes, ViQModel
 from viq.train.config import TrainConfig
+from viq.train.frozen_cache import FrozenCache, image_key
 
 
 @dataclass
@@ -72,6 +77,9 @@ class Objective(nn.Module):
 
             self.latent = LatentSupervision(cfg.vae, width, mcfg.encoder.heads,
                                             code_dim=self.model.code_dim)
+        # used only while the tokenizer is frozen (checked each step: the trainer sets it)
+        self.cache = (FrozenCache(cfg.run.frozen_cache_mb)
+                      if set(self.weights) == {"recon"} and cfg.run.frozen_cache_mb > 0 else None)
 
     @property
     def device(self) -> torch.device:
@@ -107,6 +115,9 @@ class Objective(nn.Module):
         if images:
             # a frozen tokenizer (MLLM stages) runs without building a graph
             frozen = not any(p.requires_grad for p in self.model.parameters())
+            if frozen and self.cache is not None:
+                loss = self._cached_recon(images)
+                return LossOutput(self.weights["recon"] * loss, {"recon": loss})
             with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
                 feats, pooled, stats, codes = self.features(images,
                                                             pool="distill" in self.weights)
@@ -121,6 +132,27 @@ class Objective(nn.Module):
             raise ValueError("the batch gives no loss term (no images and no text weight)")
         total = sum(self.weights[k] * v for k, v in terms.items())
         return LossOutput(total, terms, {k: v.detach() for k, v in stats.items()}, codes)
+
+
+    def _cached_recon(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """L_recon with the frozen tokenizer's output and the VAE target of each image taken
+        from the cache; the images not in it yet are computed together and kept."""
+        keys = [image_key(im) for im in images]
+        found = [self.cache.get(k) for k in keys]
+        new = [i for i, f in enumerate(found) if f is None]
+        if new:
+            with torch.no_grad():
+                feats, _, _, codes = self.features([images[i] for i in new], pool=False)
+                inputs = self.latent_input(feats, codes)
+                targets = self.latent.target([images[i] for i in new])
+            for j, (x, t) in enumerate(zip(inputs.split(), targets, strict=True)):
+                found[new[j]] = (x, t)
+                self.cache.put(keys[new[j]], (x, t))
+        dev = self.model.device
+        grids = tuple((t.shape[1] // 2, t.shape[2] // 2) for _, t in found)  # 2×2 latents a patch
+        rows = torch.cat([x.to(dev) for x, _ in found])
+        packed = Packed(rows, grids, rows.shape[0] // sum(h * w for h, w in grids))
+        return self.latent.loss(packed, [t.to(dev) for _, t in found])
 
 
 def _to_device(tokens, device: torch.device):
