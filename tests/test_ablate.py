@@ -50,9 +50,9 @@ def test_a_demo_folder_keeps_its_schedule(tmp_path, capsys):
     (demo / PLAN_FILE).write_text(json.dumps(json.loads(json.dumps(
         dataclasses.asdict(QUICK)))))
     check_plan(demo, QUICK)
-    with pytest.raises(ValueError, match="another schedule .decoder_steps: 300 there, 1000 now; "
+    with pytest.raises(ValueError, match="another schedule .decoder_steps: 200 there, 600 now; "
                        "eval_limit: 30 there, 0 now; .*"
-                       "and 6 more.*--quick or not"):
+                       "and 7 more.*--quick or not"):
         check_plan(demo, DemoPlan())
     with pytest.raises(ValueError, match="another schedule"):
         ablate(demo, quick=False, progress=False)

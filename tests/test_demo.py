@@ -41,6 +41,7 @@ def test_reduced_demo_end_to_end(tmp_path):
         assert fig in html
     conds = results["understanding"]
     assert {"continuous (stage 1)", "stage 1, blind: no image",
+            "stage 1, blind: another sample's image",
             "quantized (stage 2-2, stored codes)", "stage 2-2, blind: another sample's image",
             "stage 2-2, blind: no image"} == set(conds)
     assert "MLLM training from stored codes" in html

@@ -66,3 +66,23 @@ def test_codes_stage_refuses_pixel_losses():
 
     with pytest.raises(ValueError, match="stage.losses"):
         dataclasses.replace(mllm("codes"), losses=LossWeights(text=1, distill=1, recon=0))
+
+
+def test_a_run_trained_from_codes_answers_the_same_from_pixels(tokenizer_run):
+    """``viq eval`` on a run of the codes stage: with images (its frozen tokenizer computes the
+    features) it answers exactly as with the stored codes, and another sample's image works."""
+    from viq.demo.evaluate import stored_codes
+    from viq.eval.understanding import evaluate, load_run
+
+    root = tokenizer_run
+    split = root / "s22" / "data" / "train.json"
+    cfg = with_stage(override(get_run("tiny_stage2_2"), [
+        "run.steps=1", "run.tensorboard=false", f"data.train={root / 'store'}", "data.val=",
+        "run.val_batches=0", f"stage.init_from={root / 's22'}"]), mllm("codes"))
+    train(cfg, root / "from_codes", progress=False)
+    obj = load_run(root / "from_codes")
+    _, from_codes = evaluate(obj, split, "codes", limit=6, codes=stored_codes(root / "store"))
+    _, from_pixels = evaluate(obj, split, "images", limit=6)
+    assert from_pixels == from_codes and len(from_codes) == 6
+    _, shuffled = evaluate(obj, split, "shuffled", limit=6)
+    assert shuffled.keys() == from_codes.keys()

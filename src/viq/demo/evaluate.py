@@ -94,8 +94,10 @@ def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = Tru
     s1 = load_run(out / "stage1")
     rep, _ = evaluate(s1, test, "images", limit=plan.eval_limit, progress=progress)
     results["understanding"]["continuous (stage 1)"] = rep.to_dict()
-    rep, _ = evaluate(s1, test, "blind", limit=plan.eval_limit, progress=progress)
-    results["understanding"]["stage 1, blind: no image"] = rep.to_dict()
+    for label, mode in (("stage 1, blind: another sample's image", "shuffled"),
+                        ("stage 1, blind: no image", "blind")):
+        rep, _ = evaluate(s1, test, mode, limit=plan.eval_limit, progress=progress)
+        results["understanding"][label] = rep.to_dict()
     results["understanding_fit"], answers = {}, []
     for label, mode in (("stage 1, its own image", "images"),
                         ("stage 1, another sample's image", "shuffled")):
@@ -117,14 +119,21 @@ def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = Tru
     u = results["understanding"]
     cont = u["continuous (stage 1)"]["overall"]["accuracy"]
     quant = u["quantized (stage 2-2, stored codes)"]["overall"]["accuracy"]
-    blind1 = u["stage 1, blind: no image"]["overall"]["accuracy"]
+    blind1 = max(u["stage 1, blind: no image"]["overall"]["accuracy"],
+                 u["stage 1, blind: another sample's image"]["overall"]["accuracy"])
     blind2 = max(u["stage 2-2, blind: no image"]["overall"]["accuracy"],
                  u["stage 2-2, blind: another sample's image"]["overall"]["accuracy"])
     keeps = (f"quantized keeps {100 * quant / cont:.0f} % of the continuous model's accuracy"
              if cont else "the continuous model answered nothing right")
-    note = (f"{keeps}; what the image adds over the same model without it: continuous "
-            f"{100 * (cont - blind1):+.1f} points, quantized {100 * (quant - blind2):+.1f} points")
-    if cont <= blind1 or quant <= blind2:
+    note = (f"{keeps}; what the image adds over the better of the same model's two blind "
+            f"baselines: continuous {100 * (cont - blind1):+.1f} points, quantized "
+            f"{100 * (quant - blind2):+.1f} points")
+    if cont > blind1 and quant <= blind2:
+        note += (". The continuous model reads the image; the quantized one answers from the "
+                 "question kinds' priors: stage 2's new path (bottleneck, FSQ, decode half) "
+                 "changes the features the LLM learned to read, and its few hundred steps do not "
+                 "teach it again (docs/demo.md, \"Understanding\")")
+    elif cont <= blind1:
         note += (". A model that does not beat its own blind baseline answers from the question "
                  "kinds' priors, so the ratio says nothing about the image (the fit check below "
                  "and viq ablate's caption group say why)")

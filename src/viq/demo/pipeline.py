@@ -44,10 +44,13 @@ class DemoPlan:
 
     synth_n: int = 1000  # 800 train / 100 val / 100 test
     train_turns: int = 6  # questions per training image (viq.data.synth_turns)
+    # one shape per general / detail-distractor scene (viq.data.synth max_objects): with two, the
+    # miniature cannot tell which colour belongs to which shape in its budget (docs/demo.md)
+    max_objects: int = 1
     vae_steps: int = 170  # ≈ 1.7 min on 2 idle cores (viq.demo.vae)
     teacher_steps: int = 600  # ≈ 2 min (viq.demo.teacher)
     steps: tuple[int, int, int] = (540, 50, 100)  # stage 1, 2-1, 2-2
-    decoder_steps: int = 1000  # the code decoder on the frozen stage 2-2 (viq.demo.runs)
+    decoder_steps: int = 600  # the code decoder on the frozen stage 2-2 (viq.demo.runs)
     photo_crops: int = 36  # crops of each photo not evaluated, for the decoder (viq.demo.photos)
     eval_limit: int = 0  # test samples answered per condition (0 = all)
     fit_limit: int = 100  # training samples of the fit check (viq.demo.evaluate)
@@ -62,8 +65,8 @@ class DemoPlan:
     synth_max_side: int = 384
 
 
-QUICK = DemoPlan(synth_n=300, vae_steps=50, teacher_steps=200, steps=(150, 16, 30),
-                 decoder_steps=300,
+QUICK = DemoPlan(synth_n=300, vae_steps=50, teacher_steps=200, steps=(150, 16, 30), photo_crops=12,
+                 decoder_steps=200,
                  eval_limit=30, fit_limit=30, recon_images=6, photos=2)
 STAGES = ("stage1", "stage2_1", "stage2_2")
 
@@ -122,7 +125,8 @@ def make_data(out: Path, plan: DemoPlan) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         write_json_dataset(SynthConfig(n=plan.synth_n, seed=0, max_side=plan.synth_max_side,
                                        min_side=min(128, plan.synth_max_side),
-                                       train_turns=plan.train_turns), tmp)
+                                       train_turns=plan.train_turns,
+                                       max_objects=plan.max_objects), tmp)
         tmp.rename(data)
     return data
 

@@ -87,6 +87,10 @@ def _question(sample: Sample) -> str:
 
 def _features(obj: Objective, images: list[torch.Tensor]) -> Packed:
     with torch.no_grad():
+        if obj.cfg.stage.features == "codes":
+            # a run trained from stored codes: its frozen tokenizer computes from the pixels the
+            # features those codes embed to (tests/test_train_from_codes.py)
+            return obj.model([im.to(obj.device) for im in images]).features
         return obj.features(images, pool=False)[0]
 
 
