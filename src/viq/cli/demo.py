@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("viq_demo_out"),
                    help="output folder (default viq_demo_out); rerun to continue")
     p.add_argument("--quick", action="store_true",
-                   help="the short schedule (3–3.5 min on 2 cores; default 9–11 min)")
+                   help="the short schedule (about 4 min on 2 cores; default 11–12 min)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

@@ -1,7 +1,7 @@
 """The demo: a miniature ViQ trained end to end on this machine, evaluated, with a report.
 
-    viq demo                  # default (9–11 min on 2 cores)
-    viq demo --quick          # a shorter schedule (3–3.5 min)
+    viq demo                  # default (11–12 min on 2 cores)
+    viq demo --quick          # a shorter schedule (about 4 min)
 
 Steps, each resumable (rerunning after an interruption continues; finished steps are skipped).
 The folder's schedule is kept in ``plan.json``; continuing the folder with another one (``--quick``
@@ -9,7 +9,9 @@ or not) is refused (`check_plan`), since its finished steps would be reused as t
 finished training run is reused only with this version's recipe (`train_or_reuse`):
 
 1. ``data/``     the synthetic VQA benchmark (`viq.data.synth`: train/val/test + PNG images; each
-                 training image asks up to ``train_turns`` questions, `viq.data.synth_turns`)
+                 training image asks up to ``train_turns`` questions, `viq.data.synth_turns`;
+                 one shape per general scene, ``max_objects``), and ``teacher_data/``: the same
+                 seed and splits with the benchmark's full scenes, the teacher's images
 2. ``vae/``      a small diffusers AutoencoderKL, started as the exact 8× block-colour autoencoder
                  (`viq.demo.vae_init`) and trained on it (`viq.demo.vae`): the latent target of
                  L_recon and the decoder of reconstructions
@@ -47,6 +49,9 @@ class DemoPlan:
     # one shape per general / detail-distractor scene (viq.data.synth max_objects): with two, the
     # miniature cannot tell which colour belongs to which shape in its budget (docs/demo.md)
     max_objects: int = 1
+    # the teacher learns from the benchmark's full scenes (0 = uncapped; more shapes to learn
+    # per image): with one-shape scenes stage 1 did not read the image (docs/demo.md)
+    teacher_max_objects: int = 0
     vae_steps: int = 170  # ≈ 1.7 min on 2 idle cores (viq.demo.vae)
     teacher_steps: int = 600  # ≈ 2 min (viq.demo.teacher)
     steps: tuple[int, int, int] = (540, 50, 100)  # stage 1, 2-1, 2-2
@@ -114,21 +119,32 @@ def _say(text: str, progress: bool) -> None:
         print(text, flush=True)
 
 
-def make_data(out: Path, plan: DemoPlan) -> Path:
-    from viq.data.synth import SynthConfig, write_json_dataset
+def _synth(folder: Path, cfg) -> Path:
+    """``cfg``'s benchmark into ``folder`` (written beside it, then renamed: all or nothing)."""
+    import shutil
 
-    data = out / "data"
-    if not (data / "meta.json").is_file():
-        import shutil
+    from viq.data.synth import write_json_dataset
 
-        tmp = out / "data.partial"
+    if not (folder / "meta.json").is_file():
+        tmp = folder.with_name(folder.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        write_json_dataset(SynthConfig(n=plan.synth_n, seed=0, max_side=plan.synth_max_side,
-                                       min_side=min(128, plan.synth_max_side),
-                                       train_turns=plan.train_turns,
-                                       max_objects=plan.max_objects), tmp)
-        tmp.rename(data)
-    return data
+        write_json_dataset(cfg, tmp)
+        tmp.rename(folder)
+    return folder
+
+
+def make_data(out: Path, plan: DemoPlan) -> Path:
+    """The demo's benchmark (``data/``) and the teacher's images (``teacher_data/``: the same
+    seed and split plan with ``plan.teacher_max_objects``, so the teacher never sees a test
+    index)."""
+    from viq.data.synth import SynthConfig
+
+    cfg = SynthConfig(n=plan.synth_n, seed=0, max_side=plan.synth_max_side,
+                      min_side=min(128, plan.synth_max_side), train_turns=plan.train_turns,
+                      max_objects=plan.max_objects)
+    _synth(out / "teacher_data", dataclasses.replace(cfg, train_turns=1,
+                                                     max_objects=plan.teacher_max_objects))
+    return _synth(out / "data", cfg)
 
 
 def stage_config(name: str, out: Path, data: Path, plan: DemoPlan):
@@ -277,7 +293,8 @@ def run_demo(out: str | Path = "viq_demo_out", quick: bool = False, progress: bo
     data = timed("data", lambda: make_data(out, plan))
     timed("vae", lambda: train_vae(data, out / "vae", steps=plan.vae_steps, crop=plan.vae_crop,
                                    channels=plan.vae_channels, progress=progress))
-    timed("teacher", lambda: train_teacher(data, out / "teacher", steps=plan.teacher_steps,
+    timed("teacher", lambda: train_teacher(out / "teacher_data", out / "teacher",
+                                           steps=plan.teacher_steps,
                                            encoder=demo_teacher_encoder(), image_size=128,
                                            progress=progress))
     for name in STAGES:

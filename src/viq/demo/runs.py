@@ -81,8 +81,9 @@ def demo_decoder() -> TrainConfig:
     step (``max_tokens``: the loader still packs the samples' text). The frozen tokenizer's codes
     and the frozen VAE's target of each image are computed once and kept (``run.frozen_cache_mb``,
     `viq.train.frozen_cache`): after the first epoch a step costs ~0.1 s instead of ~0.5 s, which
-    buys 1,000 steps in about the time 300 took (21.0 → 22.4 dB on the default demo's synthetic
-    images, 13.0 → 14.9 dB on its photos)."""
+    buys 1,000 steps in about the time 300 took (21.0 → 22.4 dB on the demo's synthetic images,
+    13.0 → 14.9 dB on its photos; the demo runs 600 steps of its one-shape scenes, whose shorter
+    conversations pack more images a step)."""
     cfg = _with_recon(_demo(decoder(lr=1e-3)))
     stage = replace(cfg.stage, losses=LossWeights(text=0.0, distill=0.0, recon=1.0))
     return replace(cfg, vae=replace(cfg.vae, head="codes", decoder_width=96, decoder_blocks=3),
