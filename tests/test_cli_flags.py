@@ -26,9 +26,9 @@ FLAGS = {
     "bench head": "--device --image-size --quick --repeats --threads",
     "bench data": "--max-tokens --resize --samples --seed --source --workers",
     "bench load": "--child --depth --dir --dtype --file --methods --size --width",
-    "data synth": "--categories --format --image-format --jpeg-quality --max-aspect --max-side "
-                  "--min-side --montage --n --out --overwrite --resize --samples-per-shard --seed "
-                  "--splits --train-turns --workers",
+    "data synth": "--categories --format --image-format --jpeg-quality --max-aspect --max-objects "
+                  "--max-side --min-side --montage --n --out --overwrite --resize "
+                  "--samples-per-shard --seed --splits --train-turns --workers",
     "data score": "--out --pred --ref",
     "data photos": "--names --out",
 }
