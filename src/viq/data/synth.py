@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-objects", type=int, default=0,
                    help="at most this many shapes in a general or detail scene (default 0: the "
                         "benchmark's own 2-5, counts up to 11; a smaller cap makes an easier "
-                        "benchmark, e.g. 2 for viq demo's miniature)")
+                        "benchmark: viq demo uses 1)")
     p.add_argument("--image-format", choices=("png", "jpeg"), default="png",
                    help="png is lossless (keeps small text readable); jpeg is smaller")
     p.add_argument("--jpeg-quality", type=int, default=95)
