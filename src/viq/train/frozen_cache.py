@@ -28,15 +28,16 @@ def image_key(image: torch.Tensor) -> Key:
 
 
 class FrozenCache:
-    """Per-image tuples of CPU tensors, kept while they fit in ``max_mb`` megabytes."""
+    """Per-image tuples (CPU tensors and plain values such as a grid), kept while their tensors
+    fit in ``max_mb`` megabytes."""
 
     def __init__(self, max_mb: int) -> None:
         self.max_bytes = int(max_mb) * 2**20
         self.used = 0
-        self.items: dict[Key, tuple[torch.Tensor, ...]] = {}
+        self.items: dict[Key, tuple] = {}
         self.hits = self.misses = 0
 
-    def get(self, key: Key) -> tuple[torch.Tensor, ...] | None:
+    def get(self, key: Key) -> tuple | None:
         value = self.items.get(key)
         if value is None:
             self.misses += 1
@@ -44,9 +45,9 @@ class FrozenCache:
             self.hits += 1
         return value
 
-    def put(self, key: Key, value: tuple[torch.Tensor, ...]) -> None:
-        value = tuple(v.detach().to("cpu") for v in value)
-        size = sum(v.numel() * v.element_size() for v in value)
+    def put(self, key: Key, value: tuple) -> None:
+        value = tuple(v.detach().to("cpu") if isinstance(v, torch.Tensor) else v for v in value)
+        size = sum(v.numel() * v.element_size() for v in value if isinstance(v, torch.Tensor))
         if key not in self.items and self.used + size <= self.max_bytes:
             self.items[key] = value
             self.used += size

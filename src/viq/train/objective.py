@@ -146,13 +146,13 @@ class Objective(nn.Module):
                 inputs = self.latent_input(feats, codes)
                 targets = self.latent.target([images[i] for i in new])
             for j, (x, t) in enumerate(zip(inputs.split(), targets, strict=True)):
-                found[new[j]] = (x, t)
-                self.cache.put(keys[new[j]], (x, t))
+                found[new[j]] = (x, t, inputs.grids[j])
+                self.cache.put(keys[new[j]], found[new[j]])
         dev = self.model.device
-        grids = tuple((t.shape[1] // 2, t.shape[2] // 2) for _, t in found)  # 2×2 latents a patch
-        rows = torch.cat([x.to(dev) for x, _ in found])
-        packed = Packed(rows, grids, rows.shape[0] // sum(h * w for h, w in grids))
-        return self.latent.loss(packed, [t.to(dev) for _, t in found])
+        # one row a patch: the head's features and the code values alike
+        packed = Packed(torch.cat([x.to(dev) for x, _, _ in found]),
+                        tuple(g for _, _, g in found), 1)
+        return self.latent.loss(packed, [t.to(dev) for _, t, _ in found])
 
 
 def _to_device(tokens, device: torch.device):
