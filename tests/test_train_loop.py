@@ -247,3 +247,31 @@ def test_runs_written_before_the_projector_gain_still_load(tmp_path):
     proj = t.obj.text.projector
     assert proj.out_gain.item() == 1.0
     assert torch.equal(proj.proj2.weight, state["text.projector.proj2.weight"])
+
+
+def test_a_stage_that_freezes_what_its_start_trained_hands_it_on(tmp_path):
+    """Stage 2-1 with the LLM side frozen (adapters + projector, trained by stage 1) still saves
+    them — unchanged — in its checkpoints and export, so an evaluation of it, and the stage
+    after it, read the trained adapters and not fresh ones; a resumed run keeps doing so."""
+    from safetensors.torch import load_file
+
+    s1 = tmp_path / "s1"
+    train(override(get_run("tiny_stage1"), ["run.steps=2", "run.tensorboard=false"]), s1,
+          progress=False)
+    first = load_file(str(s1 / "final" / "weights.safetensors"))
+    handed = {k for k in first if k.startswith("text.")}
+    assert any("lora_" in k for k in handed) and any("projector" in k for k in handed)
+    cfg = override(get_run("tiny_stage2_1"), [
+        "run.steps=3", "run.checkpoint_every=1", "run.tensorboard=false",
+        f"stage.init_from={s1}", f"data.train={s1 / 'data' / 'train.json'}",
+        'stage.frozen=["text.*"]'])
+    StopAt.stop_at = 2
+    assert StopAt(cfg, tmp_path / "s21", progress=False).run().stopped
+    ckpt = load_file(str(sorted((tmp_path / "s21" / "checkpoints").iterdir())[-1]
+                         / "weights.safetensors"))
+    assert all(torch.equal(ckpt[k], first[k]) for k in handed)
+    assert train(cfg, tmp_path / "s21", resume=True, progress=False).step == 3
+    final = load_file(str(tmp_path / "s21" / "final" / "weights.safetensors"))
+    assert all(torch.equal(final[k], first[k]) for k in handed)
+    assert not torch.equal(final["model.head.bottleneck_in.weight"],
+                           first["model.head.bottleneck_in.weight"])

@@ -2,10 +2,11 @@
 
 A checkpoint is a folder ``<out>/checkpoints/step_<N>/``:
 
-- ``weights.safetensors`` — every parameter and buffer of the ViQ model (``model.*``) and every
-  parameter the stage trains (projector, LLM adapters, latent head, ...). Frozen pieces (the LLM's
-  base weights, the teacher, the VAE) are rebuilt from the config, never copied into each
-  checkpoint.
+- ``weights.safetensors`` — every parameter and buffer of the ViQ model (``model.*``), every
+  parameter the stage trains (projector, LLM adapters, latent head, ...) and every entry the run
+  started from (``stage.init_from``'s file, ``carried``): a stage that freezes what the previous
+  one trained (the LLM adapters, say) still hands it on. Frozen pieces (the LLM's base weights,
+  the teacher, the VAE) are rebuilt from the config, never copied into each checkpoint.
 - ``optimizer.safetensors`` — AdamW's per-parameter tensors (``<index>.<name>``); its param
   groups go into ``state.json``.
 - ``rng.safetensors`` — the torch CPU (and CUDA) generator states.
@@ -37,11 +38,26 @@ PREFIX = "step_"
 
 
 def saved_names(module: nn.Module) -> set[str]:
-    """Names of the state entries a checkpoint holds (see the module docstring)."""
+    """Names of the state entries a checkpoint holds (see the module docstring); ``carried``:
+    a ``frozenset`` of names the trainer sets on ``module`` (`carried_names`)."""
     names = {n for n, _ in module.named_parameters() if n.startswith("model.")}
     names |= {n for n, p in module.named_parameters() if p.requires_grad}
     names |= {n for n, _ in module.named_buffers() if n.startswith("model.")}
-    return names
+    return names | set(getattr(module, "carried", ()))
+
+
+def carried_names(module: nn.Module, weights: Path) -> frozenset[str]:
+    """The entries of the safetensors file ``weights`` that ``module`` has: what a run that
+    starts from it hands on in its own checkpoints."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            keys = set(f.keys())
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise ValueError(f"{weights}: not a readable safetensors file ({type(e).__name__}: "
+                         f"{e})") from None
+    return frozenset(keys & set(module.state_dict()))
 
 
 def weights_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -186,8 +202,9 @@ def load_checkpoint(folder: Path, module: nn.Module,
 
 def untrained_by_source(module: nn.Module, weights: Path) -> tuple[str, ...]:
     """Names of ``module``'s entries that the run which wrote ``weights`` did not train (so did
-    not save): outside ``model.*`` and not selected by its stage's patterns, e.g. the LLM
-    adapters of a stage 1 that froze them. Empty when the run's config is not beside the file."""
+    not save, unless it carried them from its own start): outside ``model.*`` and not selected
+    by its stage's patterns, e.g. the LLM adapters of a stage 1 that froze them. Empty when
+    the run's config is not beside the file."""
     from viq.config import load_json
     from viq.train.config import TrainConfig
 

@@ -106,6 +106,7 @@ class Trainer:
         self.step = 0
         self.fp = run_fingerprint(cfg)
         found = ckpt.list_checkpoints(self.out / "checkpoints") if self.resume else []
+        self.obj.carried = self._carried(found)
         if not found:  # on the plain module, before DDP/FSDP2 wrap it
             self._initial_weights()
         sharded = cfg.run.dist == "fsdp2"
@@ -129,6 +130,22 @@ class Trainer:
             self.metrics.truncate_after(self.step)
         if self.info.is_main:
             save_json(cfg, self.out / "config.json")
+
+    def _carried(self, found: list[Path]) -> frozenset[str]:
+        """What the run hands on beside what it trains (`viq.train.checkpoint.saved_names`): the
+        entries of ``stage.init_from``'s weights; when resuming a run whose ``init_from`` is gone,
+        the entries of its newest (single-file) checkpoint, which held them."""
+        init = self.cfg.stage.init_from
+        if not init:
+            return frozenset()
+        try:
+            path = ckpt.resolve_init(init)
+        except FileNotFoundError:
+            if not found:
+                raise
+            newest = found[-1] / "weights.safetensors"
+            return ckpt.carried_names(self.obj, newest) if newest.is_file() else frozenset()
+        return ckpt.carried_names(self.obj, path)
 
     def _resume_from(self, folder: Path) -> None:
         """Weights, optimizer, scheduler, data position and RNG of a checkpoint of this run."""
