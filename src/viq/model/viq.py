@@ -115,12 +115,23 @@ class ViQModel(nn.Module):
 
     @torch.no_grad()
     def encode(self, images: Sequence[torch.Tensor]) -> list[ImageCodes]:
-        """Images → per-image codes (h, w, S) int64 (needs an FSQ head)."""
+        """Images → per-image codes (h, w, S) int64 (needs an FSQ head).
+
+        One image a forward, as the reference computes them: a GEMM's rows can depend on how
+        many rows it computes together (oneDNN with AMX on recent Xeons: fp32 from K = 1024,
+        bf16 from K = 512, for row counts up to several hundred), so codes of a packed batch
+        could differ from the same image's codes alone, and from the reference's. Per image,
+        an image's codes depend on nothing else, on any machine; on CPU it costs nothing
+        measurable (16 mixed-size images, width 384: fp32 2.8 s vs 3.3 s packed, bf16 0.98 vs
+        0.93 s; docs/encode.md)."""
         if not self.head.has_codes:
             raise ValueError(f"encode: head.quantizer={self.cfg.head.quantizer!r} gives no "
                              "discrete codes; use an FSQ head (head.quantizer=fsq)")
-        tokens = self.encoder(self._prepare(images)).tokens
-        return self.split_codes(self.head(tokens).codes, tokens.grids)
+        out = []
+        for image in self._prepare(images):
+            tokens = self.encoder([image]).tokens
+            out += self.split_codes(self.head(tokens).codes, tokens.grids)
+        return out
 
     def embed(self, codes: Sequence[ImageCodes | torch.Tensor]) -> Packed:
         """Per-image codes (h, w, S) → packed per-patch features (decode half of the head only)."""
