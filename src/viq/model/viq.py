@@ -28,7 +28,7 @@ from viq.config import ModelConfig, load_json, save_json
 from viq.model.head import HeadOutput, ViQHead
 from viq.model.packing import Packed
 from viq.model.state import state_mismatch
-from viq.model.vit import ViTEncoder
+from viq.model.vit import ViTEncoder, check_images
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -127,6 +127,7 @@ class ViQModel(nn.Module):
         if not self.head.has_codes:
             raise ValueError(f"encode: head.quantizer={self.cfg.head.quantizer!r} gives no "
                              "discrete codes; use an FSQ head (head.quantizer=fsq)")
+        check_images(images)  # errors name the image's index in the whole batch
         out = []
         for image in self._prepare(images):
             tokens = self.encoder([image]).tokens

@@ -35,6 +35,20 @@ from viq.model.packing import Packed
 PATCH_EMBED_MODES = ("matmul", "conv")
 
 
+def check_images(images: Sequence[torch.Tensor]) -> None:
+    """A clear error, naming the image's index in ``images``, for what the encoder cannot read:
+    no images, a shape other than (3, H, W), an image without pixels."""
+    if len(images) == 0:
+        raise ValueError("ViTEncoder: got an empty list of images")
+    for i, img in enumerate(images):
+        if img.dim() != 3 or img.shape[0] != 3:
+            raise ValueError(f"ViTEncoder: image {i} has shape {tuple(img.shape)}, "
+                             "expected (3, H, W)")
+        if img.shape[1] < 1 or img.shape[2] < 1:
+            raise ValueError(f"ViTEncoder: image {i} is empty ({tuple(img.shape)}); "
+                             "every image needs at least one pixel")
+
+
 class PatchEmbed(nn.Module):
     """Conv2d(3→C, kernel p, stride p), one image at a time.
 
@@ -135,18 +149,9 @@ class ViTEncoder(nn.Module):
 
     def embed(self, images: Sequence[torch.Tensor]) -> Packed:
         """Normalised (3, H, W) images → packed patch + position tokens (N, C)."""
-        if len(images) == 0:
-            raise ValueError("ViTEncoder: got an empty list of images")
+        check_images(images)
         p = self.cfg.patch_size
-        padded = []
-        for i, img in enumerate(images):
-            if img.dim() != 3 or img.shape[0] != 3:
-                raise ValueError(f"ViTEncoder: image {i} has shape {tuple(img.shape)}, "
-                                 "expected (3, H, W)")
-            if img.shape[1] < 1 or img.shape[2] < 1:
-                raise ValueError(f"ViTEncoder: image {i} is empty ({tuple(img.shape)}); "
-                                 "every image needs at least one pixel")
-            padded.append(pad_to_patch(img, p))
+        padded = [pad_to_patch(img, p) for img in images]
         grids = [(img.shape[1] // p, img.shape[2] // p) for img in padded]
         # one resize per distinct grid: mixed batches often repeat sizes (bucketed resize rules)
         pos = {g: self.position(*g) for g in dict.fromkeys(grids)}
