@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,14 @@ def mllm_speedup(obj, seq: int = 384, repeats: int = 2) -> dict:
             "forward online (s)": f_on, "forward from codes (s)": f_st,
             "step online (s)": s_on, "step from codes (s)": s_st,
             "step speed-up (×)": s_on / s_st}
+
+
+def _margin(a: float, b: float, n: int) -> float:
+    """Two standard errors of the difference of two accuracies on ``n`` questions each
+    (binomial, as if independent: the same questions make the true error smaller)."""
+    if n <= 0:
+        return 0.0
+    return 2.0 * math.sqrt((a * (1 - a) + b * (1 - b)) / n)
 
 
 def _fit_note(fit: dict, same: float) -> str:
@@ -123,20 +132,25 @@ def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = Tru
                  u["stage 1, blind: another sample's image"]["overall"]["accuracy"])
     blind2 = max(u["stage 2-2, blind: no image"]["overall"]["accuracy"],
                  u["stage 2-2, blind: another sample's image"]["overall"]["accuracy"])
+    n = u["continuous (stage 1)"]["overall"]["n"]
     keeps = (f"quantized keeps {100 * quant / cont:.0f} % of the continuous model's accuracy"
              if cont else "the continuous model answered nothing right")
+    m1, m2 = _margin(cont, blind1, n), _margin(quant, blind2, n)
     note = (f"{keeps}; what the image adds over the better of the same model's two blind "
             f"baselines: continuous {100 * (cont - blind1):+.1f} points, quantized "
-            f"{100 * (quant - blind2):+.1f} points")
-    if cont > blind1 and quant <= blind2:
-        note += (". The continuous model reads the image; the quantized one answers from the "
-                 "question kinds' priors: stage 2's new path (bottleneck, FSQ, decode half) "
-                 "changes the features the LLM learned to read, and its few hundred steps do not "
-                 "teach it again (docs/demo.md, \"Understanding\")")
-    elif cont <= blind1:
-        note += (". A model that does not beat its own blind baseline answers from the question "
-                 "kinds' priors, so the ratio says nothing about the image (the fit check below "
-                 "and viq ablate's caption group say why)")
+            f"{100 * (quant - blind2):+.1f} points (n = {n} questions: a gain below "
+            f"{100 * m1:.0f} / {100 * m2:.0f} points, two standard errors of the difference, "
+            "is within chance)")
+    reads1, reads2 = cont - blind1 > m1, quant - blind2 > m2
+    if reads1 and not reads2:
+        note += (". The continuous model reads the image; the quantized one does not measurably: "
+                 "stage 2's new path (bottleneck, FSQ, decode half) changes the features the LLM "
+                 "learned to read, and its few hundred steps do not teach it again (docs/demo.md, "
+                 "\"Understanding\")")
+    elif not reads1:
+        note += (". A model that does not beat its own blind baseline by more than chance "
+                 "answers from the question kinds' priors, so the ratio says little about the "
+                 "image (the fit check below and viq ablate's caption group say why)")
     results["understanding_note"] = note
 
     figs = []
