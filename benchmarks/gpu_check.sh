@@ -8,8 +8,8 @@
 #
 #   bash benchmarks/gpu_check.sh [DEVICE [STEP...]]   # DEVICE: cuda (default) or cpu
 #
-# STEPs name the steps to run (pytest encoder encoder_paper head train mllm_speedup load
-# mllm_paper); none = all of them, in that order.
+# STEPs name the steps to run (pytest encoder encoder_paper head codes codes_paper train
+# mllm_speedup load mllm_paper); none = all of them, in that order.
 #
 # cuda: the full run, about 7 minutes of work on an H200 (a time budget caps it; a step that
 # would overrun is cut at the budget's end). cpu: a dry run of every command line at the
@@ -25,7 +25,7 @@ case "$dev" in
     cuda | cpu) ;;
     *) echo "usage: bash benchmarks/gpu_check.sh [cuda|cpu] [STEP...]" >&2; exit 2 ;;
 esac
-all_steps=" pytest encoder encoder_paper head train mllm_speedup load mllm_paper "
+all_steps=" pytest encoder encoder_paper head codes codes_paper train mllm_speedup load mllm_paper "
 wanted=" ${*:2} "
 for s in ${*:2}; do
     if [[ "$all_steps" != *" $s "* ]]; then
@@ -129,6 +129,10 @@ if [ "$dev" = cuda ]; then
         --width 1536 --depth 40 --heads 16 --mlp-dim 6144 --pos-grid 128 --repeats 5
     # (c) image → codes: SigLIP2-g + released 64k head, fp32 and bf16; tiny/demo patches/s
     step head 90 "$log" "${viq[@]}" head --device cuda --repeats 10
+    # (c') codes one image a forward (viq encode) vs one packed forward: time, codes that differ
+    step codes 60 "$log" "${viq[@]}" encode --device cuda --repeats 5 --images 32
+    step codes_paper 120 "$log" "${viq[@]}" encode --paper --device cuda --dtype bf16 \
+        --repeats 3 --images 32
     # (d) training step split by component, tiny and demo sizes, fp32 and bf16, ± ckpt
     step train 120 "$log" "${viq[@]}" train --device cuda --repeats 5
     # (e) MLLM training step: online encoder + head vs stored codes
@@ -147,6 +151,7 @@ else
     step encoder_paper 600 "$log" "${viq[@]}" encoder --device cpu --quick --dtype bf16 \
         --width 64 --depth 2 --heads 2 --pos-grid 16 --images 4
     step head 600 "$log" "${viq[@]}" head --device cpu --quick --repeats 1
+    step codes 600 "$log" "${viq[@]}" encode --device cpu --quick --repeats 1
     step train 900 "$log" "${viq[@]}" train --device cpu --quick --repeats 1
     step mllm_speedup 600 "$log" "${viq[@]}" mllm-speedup --device cpu --quick --repeats 1 \
         --dtype bf16

@@ -22,6 +22,16 @@ def test_bench_head_quick(capsys):
     assert res["small"]["tiny"]["tokens_per_s"] > 0
 
 
+def test_bench_encode_quick_compares_per_image_and_packed_codes(capsys):
+    assert viq_main(["bench", "encode", "--quick", "--images", "4", "--repeats", "1"]) == 0
+    res = _last_json(capsys.readouterr().out)
+    assert res["bench"] == "encode" and res["images"] == 4
+    assert res["codes"] == 4 * res["patches"]  # 4 codes a 16-px patch
+    assert 0 <= res["codes_differ"] <= res["codes"] and 0 <= res["images_differ"] <= 4
+    assert res["per_image_s"] > 0 and res["packed_s"] > 0
+    assert viq_main(["bench", "encode", "--quick", "--paper"]) == 2
+
+
 @pytest.mark.parametrize("source", ["toy", "synth"])
 def test_bench_data_reports_loader_and_step(source, capsys):
     argv = ["bench", "data", "--samples", "8", "--workers", "0", "--max-tokens", "1024",

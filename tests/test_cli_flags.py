@@ -14,16 +14,17 @@ FLAGS = {
     "eval": "--codes --limit --mode --out --quiet --recon --run --split",
     "ablate": "--demo --quick --quiet",
     "extract": "--bad-samples --center-crop --checkpoint --device --dtype --image-root "
-               "--max-tokens --num-shards --out --preset --quiet --random-init --resize --seed "
-               "--set --shard-index --size --weights --workers",
+               "--max-tokens --num-shards --out --packed --preset --quiet --random-init --resize "
+               "--seed --set --shard-index --size --weights --workers",
     "bench mllm-speedup": "--device --dtype --paper --quick --repeats",
     "encode": "--center-crop --checkpoint --device --dtype --max-tokens --out --overwrite "
-              "--preset --quiet --random-init --resize --seed --set --size --weights -o",
+              "--packed --preset --quiet --random-init --resize --seed --set --size --weights -o",
     "decode": "--device --dtype --out --overwrite --preset --quiet --random-init --run --seed "
               "--set --size --weights -o",
     "bench encoder": "--atol --depth --device --dtype --heads --images --max-size --min-size "
                      "--mlp-dim --patch --pos-grid --quick --repeats --seed --warmup --width",
     "bench head": "--device --image-size --quick --repeats --threads",
+    "bench encode": "--device --dtype --images --paper --quick --repeats",
     "bench data": "--max-tokens --resize --samples --seed --source --workers",
     "bench load": "--child --depth --dir --dtype --file --methods --size --width",
     "data synth": "--categories --format --image-format --jpeg-quality --max-aspect --max-objects "

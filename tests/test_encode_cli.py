@@ -119,3 +119,25 @@ def test_center_crop_uses_the_reference_preprocessing(photos, ckpt, tmp_path, ca
     assert main([str(src), "-o", str(out), "--checkpoint", str(ckpt), "--center-crop", "64",
                  "--resize", "native"]) == 2
     assert "center-crop" in capsys.readouterr().err
+
+
+def test_packed_is_one_forward_per_batch_and_part_of_the_fingerprint(photos, ckpt, tmp_path,
+                                                                     capsys):
+    """``--packed`` encodes each batch in one forward (the same codes as one image a forward
+    at this width on these CPUs: the tiny model's GEMMs are row-count-invariant here) and is
+    part of the outputs' fingerprint: a run with the other setting redoes them."""
+    out = tmp_path / "codes"
+    args = [str(photos), "-o", str(out), "--checkpoint", str(ckpt), "--quiet"]
+    assert main(args) == 0
+    one = {p.name: load_codes(p) for p in out.iterdir()}
+    capsys.readouterr()
+    assert main([*args, "--packed"]) == 0
+    assert "4 written" in capsys.readouterr().out  # another fingerprint: redone
+    packed = {p.name: load_codes(p) for p in out.iterdir()}
+    for name, f in one.items():
+        assert torch.equal(packed[name].codes.codes, f.codes.codes), name
+        assert packed[name].fingerprint != f.fingerprint
+    model = random_model("tiny", seed=0)
+    pixels = [load_for_encoder(photos / n, model.cfg.image) for n in ("coffee.jpg", "camera.png")]
+    for a, b in zip(model.encode(pixels, packed=True), model.encode(pixels), strict=True):
+        assert torch.equal(a.codes, b.codes)

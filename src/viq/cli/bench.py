@@ -7,6 +7,9 @@ from viq.cli.dispatch import dispatch
 BENCHES: dict[str, tuple[str, str]] = {
     "encoder": ("viq.eval.bench_encoder",
                 "mixed-resolution batch: our packed ViT vs transformers Siglip2 (NaFlex)"),
+    "encode": ("viq.eval.bench_encode",
+               "image -> codes: one image a forward (viq encode) vs one packed forward, and "
+               "how many codes differ"),
     "head": ("viq.eval.bench_head",
              "encoder + quantizer head: s/image at width 1536 (fp32, bf16), tokens/s tiny/demo"),
     "data": ("viq.eval.bench_data",

@@ -30,7 +30,7 @@ from viq.cli.errors import (
 )
 from viq.cli.inputs import Inputs, Job, report
 from viq.cli.inputs import expand_inputs as expand_file_inputs
-from viq.cli.model_args import image_config
+from viq.cli.model_args import add_packed_arg, image_config
 from viq.codes.codesfile import FORMAT, SUFFIX, load_codes, save_codes
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm",
@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                    help="model precision (bf16 = the release's inference setting)")
+    add_packed_arg(p)
     p.add_argument("--overwrite", action="store_true", help="re-encode existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -196,15 +197,17 @@ def _load_one(job: Job, cfg, center_crop: int | None = None
     return to_tensor(resized), resized.size, img.size
 
 
-def _encode_batch(model, batch: list, model_id: str, fp: str, failures: list[str]) -> int:
+def _encode_batch(model, batch: list, model_id: str, fp: str, failures: list[str],
+                  packed: bool = False) -> int:
     """Encode and write one batch; on a model error retry image by image. Returns files written."""
     try:
-        codes = model.encode([item[1] for item in batch])
+        codes = model.encode([item[1] for item in batch], packed=packed)
     except RuntimeError as e:
         if len(batch) == 1:
             failures.append(f"{printable(batch[0][0].source)}: encoding failed ({e})")
             return 0
-        return sum(_encode_batch(model, [item], model_id, fp, failures) for item in batch)
+        return sum(_encode_batch(model, [item], model_id, fp, failures, packed)
+                   for item in batch)
     written = 0
     for (job, _, size, orig), c in zip(batch, codes, strict=True):
         try:
@@ -237,8 +240,9 @@ def run_fingerprint(args: argparse.Namespace, model, model_id: str, img_cfg) -> 
 
     source = args.checkpoint if args.checkpoint is not None else args.weights
     weights = weights_identity(source) if source is not None else model_id
+    packed = {"packed": True} if args.packed else {}  # absent: fingerprints before the flag
     return fingerprint(format=FORMAT, weights=weights, model=model.cfg, image=img_cfg,
-                       center_crop=args.center_crop, dtype=args.dtype)
+                       center_crop=args.center_crop, dtype=args.dtype, **packed)
 
 
 def _plan(jobs: list[Job], fp: str, overwrite: bool) -> tuple[list[Job], int, list[str]]:
@@ -298,12 +302,12 @@ def run(args: argparse.Namespace) -> int:
             continue
         n = -(-size[0] // patch) * -(-size[1] // patch)  # patches after padding to the patch size
         if batch and tokens + n > args.max_tokens:
-            written += _encode_batch(model, batch, model_id, fp, failures)
+            written += _encode_batch(model, batch, model_id, fp, failures, args.packed)
             batch, tokens = [], 0
         batch.append((job, pixels, size, orig))
         tokens += n
     if batch:
-        written += _encode_batch(model, batch, model_id, fp, failures)
+        written += _encode_batch(model, batch, model_id, fp, failures, args.packed)
     return report("viq encode", written, present, failures, args.out, skipped=found.skipped,
                   redone=redone)
 

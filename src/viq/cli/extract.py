@@ -19,6 +19,7 @@ from pathlib import Path
 from viq.cli.errors import UsageError, command
 from viq.cli.model_args import (
     add_model_args,
+    add_packed_arg,
     check_model_args,
     image_config,
     image_settings,
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path, help="LLaVA json/jsonl, tar shard(s) or image folder")
     p.add_argument("--out", required=True, type=Path, help="the code store (a folder)")
     add_model_args(p)
+    add_packed_arg(p)
     p.add_argument("--image-root", type=Path, help="folder LLaVA image paths are relative to")
     p.add_argument("--num-shards", type=int, help="output shards in all (see below)")
     p.add_argument("--shard-index", type=int, help="write only this shard (0-based)")
@@ -143,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as e:
         raise UsageError(str(e)) from None
     settings = ExtractSettings(image_config(lm.model, args), args.center_crop, args.max_tokens,
-                               args.workers, args.bad_samples)
+                               args.workers, args.bad_samples, args.packed)
     stats = ExtractStats()
     for k in mine:
         if shard_finished(args.out, k, n, base["fingerprint"]):

@@ -117,20 +117,22 @@ class ExtractSettings:
     max_tokens: int = 16384
     workers: int = 2
     bad_samples: str = "skip"
+    packed: bool = False  # one forward per batch (ViQModel.encode)
 
 
-def _encode(model, batch: list[Loaded], policy: BadSamplePolicy) -> list[tuple[Loaded, list]]:
+def _encode(model, batch: list[Loaded], policy: BadSamplePolicy,
+            packed: bool = False) -> list[tuple[Loaded, list]]:
     """Codes for every sample of the batch; on a model error retry sample by sample."""
     images = [p.tensor for s in batch for p in s.pixels]
     try:
-        codes = model.encode(images) if images else []
+        codes = model.encode(images, packed=packed) if images else []
     except RuntimeError as e:
         if len(batch) == 1:
             it = batch[0].item
             policy.handle(sample_error("unreadable_image", it.sample_id, it.source,
                                        f"encoding failed ({e})"))
             return []
-        return [r for s in batch for r in _encode(model, [s], policy)]
+        return [r for s in batch for r in _encode(model, [s], policy, packed)]
     out, i = [], 0
     for s in batch:
         n = len(s.pixels)
@@ -148,7 +150,7 @@ def extract_shard(model, items: Iterable[Item | SampleError], writer: ShardWrite
     levels = tuple(model.levels)
 
     def flush(batch: list[Loaded]) -> None:
-        for s, codes in _encode(model, batch, policy):
+        for s, codes in _encode(model, batch, policy, settings.packed):
             it = s.item
             writer.add_sample(it.sample_id, it.source, it.text,
                               [(c.codes, p.size, p.original)

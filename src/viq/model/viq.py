@@ -114,20 +114,25 @@ class ViQModel(nn.Module):
                 for p, (h, w) in zip(pieces, grids, strict=True)]
 
     @torch.no_grad()
-    def encode(self, images: Sequence[torch.Tensor]) -> list[ImageCodes]:
+    def encode(self, images: Sequence[torch.Tensor], packed: bool = False) -> list[ImageCodes]:
         """Images → per-image codes (h, w, S) int64 (needs an FSQ head).
 
         One image a forward, as the reference computes them: a GEMM's rows can depend on how
         many rows it computes together (oneDNN with AMX on recent Xeons: fp32 from K = 1024,
-        bf16 from K = 512, for row counts up to several hundred), so codes of a packed batch
-        could differ from the same image's codes alone, and from the reference's. Per image,
-        an image's codes depend on nothing else, on any machine; on CPU it costs nothing
-        measurable (16 mixed-size images, width 384: fp32 2.8 s vs 3.3 s packed, bf16 0.98 vs
-        0.93 s; docs/encode.md)."""
+        bf16 from K = 512, for row counts up to several hundred; cuBLAS too), so codes of a
+        packed batch can differ from the same image's codes alone, and from the reference's.
+        Per image, an image's codes depend on nothing else, on any machine; on CPU it costs
+        nothing measurable (16 mixed-size images, width 384: fp32 2.8 s vs 3.3 s packed, bf16
+        0.98 vs 0.93 s). ``packed``: one forward over the whole batch instead — on an H200
+        3.8–4.6× as fast, but 1.1 % of the codes differed from one image a forward at the
+        paper's width in bf16 (`viq bench encode`, docs/encode.md)."""
         if not self.head.has_codes:
             raise ValueError(f"encode: head.quantizer={self.cfg.head.quantizer!r} gives no "
                              "discrete codes; use an FSQ head (head.quantizer=fsq)")
         check_images(images)  # errors name the image's index in the whole batch
+        if packed:
+            tokens = self.encoder(self._prepare(images)).tokens
+            return self.split_codes(self.head(tokens).codes, tokens.grids)
         out = []
         for image in self._prepare(images):
             tokens = self.encoder([image]).tokens
