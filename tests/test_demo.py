@@ -101,3 +101,20 @@ def test_a_gain_over_the_blind_baseline_is_read_against_chance():
     assert _margin(0.26, 0.17, 100) == pytest.approx(0.1155, abs=5e-4)
     assert _margin(0.26, 0.17, 400) == pytest.approx(0.1155 / 2, abs=5e-4)
     assert _margin(0.0, 0.0, 50) == 0.0 and _margin(0.5, 0.5, 0) == 0.0
+
+
+def test_demo_data_holds_the_plans_categories_and_the_teacher_never_a_test_index(tmp_path):
+    from viq.demo.pipeline import make_data
+
+    data = make_data(tmp_path, TINY)
+    meta = json.loads((data / "meta.json").read_text())
+    teacher = json.loads((tmp_path / "teacher_data" / "meta.json").read_text())
+    assert meta["config"]["categories"] == list(TINY.categories) == ["general", "detail"]
+    assert teacher["config"]["categories"] == meta["config"]["categories"]
+    assert teacher["config"]["max_objects"] == TINY.teacher_max_objects != TINY.max_objects
+    n = {s: len(json.loads((data / f"{s}.json").read_text())) for s in ("train", "val", "test")}
+    assert n == {"train": 29, "val": 4, "test": 7}  # 40 at 8:1:2
+    ids = {s: {r["id"] for r in json.loads((tmp_path / "teacher_data" / f"{s}.json").read_text())}
+           for s in ("train", "test")}
+    test_ids = {r["id"] for r in json.loads((data / "test.json").read_text())}
+    assert test_ids == ids["test"] and not test_ids & ids["train"]

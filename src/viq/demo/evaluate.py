@@ -190,7 +190,8 @@ def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = Tru
         {s: out / s for s in ("stage1", "stage2_1", "stage2_2", "decoder")}, out).name
     scenes = (f"at most {plan.max_objects} shape(s) per general scene"
               if plan.max_objects else "the benchmark's full scenes")
+    which = f"{' and '.join(plan.categories)} questions, "
     results["summary"] = (f"{len(flat)} test images as codes; understanding on "
                           f"{u['continuous (stage 1)']['overall']['n']} test questions of the "
-                          f"synthetic benchmark ({scenes}; docs/demo.md)")
+                          f"synthetic benchmark ({which}{scenes}; docs/demo.md)")
     return results
