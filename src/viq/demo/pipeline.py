@@ -46,7 +46,7 @@ class DemoPlan:
 
     synth_n: int = 1100  # 800 train / 100 val / 200 test (``splits``)
     splits: tuple[float, float, float] = (8 / 11, 1 / 11, 2 / 11)
-    # general and detail questions: OCR and chart were at 0 % for every model and baseline, and
+    # general and detail questions: OCR and chart were at 0-4 % for every model and baseline, and
     # training on them halved what stage 1 read in the others (docs/demo.md, "Understanding")
     categories: tuple[str, ...] = ("general", "detail")
     train_turns: int = 6  # questions per training image (viq.data.synth_turns)

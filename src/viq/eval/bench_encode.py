@@ -61,14 +61,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
-def packed_codes(model: ViQModel, images: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Every image's codes from one packed forward over the whole batch."""
-    images = [im.to(device=model.device, dtype=model.dtype) for im in images]
-    tokens = model.encoder(images).tokens
-    return [c.codes for c in model.split_codes(model.head(tokens).codes, tokens.grids)]
-
-
 def _timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
     out, times = None, []
     for i in range(repeats + 1):  # the first run warms up
@@ -91,7 +83,8 @@ def run(quick: bool = False, paper: bool = False, device: str = "cpu", dtype: st
     if dtype == "bf16":
         model = model.to(torch.bfloat16)
     t_one, one = _timed(lambda: [c.codes for c in model.encode(batch)], dev, repeats)
-    t_packed, packed = _timed(lambda: packed_codes(model, batch), dev, repeats)
+    t_packed, packed = _timed(lambda: [c.codes for c in model.encode(batch, packed=True)], dev,
+                              repeats)
     diff = sum(int((a != b).sum()) for a, b in zip(one, packed, strict=True))
     total = sum(a.numel() for a in one)
     images_diff = sum(bool((a != b).any()) for a, b in zip(one, packed, strict=True))
