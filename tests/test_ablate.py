@@ -64,7 +64,7 @@ def test_a_demo_folder_keeps_its_schedule(tmp_path, capsys):
     old.mkdir()
     (old / "results.json").write_text(json.dumps({"plan": {"synth_n": 300, "quick": True}}))
     check_plan(old, QUICK)
-    with pytest.raises(ValueError, match="synth_n: 300 there, 1000 now"):
+    with pytest.raises(ValueError, match=f"synth_n: 300 there, {DemoPlan().synth_n} now"):
         check_plan(old, DemoPlan())
 
 
