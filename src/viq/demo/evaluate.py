@@ -142,7 +142,9 @@ def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = Tru
             f"{100 * m1:.0f} / {100 * m2:.0f} points, two standard errors of the difference, "
             "is within chance)")
     reads1, reads2 = cont - blind1 > m1, quant - blind2 > m2
-    if reads1 and not reads2:
+    if reads1 and reads2:
+        note += ". Both models read the image"
+    elif reads1:
         note += (". The continuous model reads the image; the quantized one does not measurably: "
                  "stage 2's new path (bottleneck, FSQ, decode half) changes the features the LLM "
                  "learned to read, and its few hundred steps do not teach it again (docs/demo.md, "
