@@ -149,7 +149,7 @@ def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = Tru
                  "stage 2's new path (bottleneck, FSQ, decode half) changes the features the LLM "
                  "learned to read, and its few hundred steps do not teach it again (docs/demo.md, "
                  "\"Understanding\")")
-    elif not reads1:
+    else:
         note += (". A model that does not beat its own blind baseline by more than chance "
                  "answers from the question kinds' priors, so the ratio says little about the "
                  "image (the fit check below and viq ablate's caption group say why)")

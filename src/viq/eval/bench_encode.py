@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from viq.eval.timing import sync
 from viq.model.viq import ViQModel
 
 SIDES = (128, 192, 256, 320, 384, 512)  # image sides drawn for the batch (16-px multiples)
@@ -56,18 +57,13 @@ def _images(n: int, quick: bool) -> list[torch.Tensor]:
             for _ in range(n)]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
     out, times = None, []
     for i in range(repeats + 1):  # the first run warms up
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         out = fn()
-        _sync(device)
+        sync(device)
         if i:
             times.append(time.perf_counter() - t0)
     return statistics.median(times), out

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
+from viq.eval.timing import sync
 from viq.model.vit import ViTEncoder
 
 
@@ -132,11 +133,6 @@ def valid_tokens(hf_tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return hf_tokens[mask.to(hf_tokens.device).bool()]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_pair(fns: dict[str, Callable], device: torch.device, warmup: int,
               repeats: int) -> dict[str, float]:
     """Median seconds per call of each function, calls interleaved so noise hits both alike."""
@@ -146,10 +142,10 @@ def time_pair(fns: dict[str, Callable], device: torch.device, warmup: int,
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             fn()
-            _sync(device)
+            sync(device)
             times[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 

@@ -24,6 +24,7 @@ import time
 import torch
 
 from viq.config import ModelConfig
+from viq.eval.timing import sync
 from viq.model.viq import ViQModel
 
 
@@ -38,11 +39,6 @@ def _paper_config(quick: bool) -> ModelConfig:
     return dataclasses.replace(cfg, encoder=enc, head=head)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":  # kernels run asynchronously: wait before reading the clock
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def _time_split(model: ViQModel, images: list[torch.Tensor], repeats: int) -> dict[str, float]:
     """Median seconds of encoder, head and both over ``repeats`` runs (after one warm-up)."""
@@ -50,13 +46,13 @@ def _time_split(model: ViQModel, images: list[torch.Tensor], repeats: int) -> di
     images = [img.to(device=device, dtype=model.dtype) for img in images]
     enc_t, head_t = [], []
     for i in range(repeats + 1):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         tokens = model.encoder(images).tokens
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         model.head(tokens)
-        _sync(device)
+        sync(device)
         t2 = time.perf_counter()
         if i:  # the first run warms up allocators and kernels
             enc_t.append(t1 - t0)

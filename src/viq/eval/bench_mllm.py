@@ -40,6 +40,7 @@ import torch
 
 from viq.config import EncoderConfig, HeadConfig, ImageConfig, ModelConfig
 from viq.data.chat import IGNORE_INDEX, IMAGE_TOKEN_ID, TokenBatch, image_token_count
+from viq.eval.timing import sync
 from viq.model.viq import ViQModel
 from viq.supervision.config import LLMConfig
 
@@ -82,11 +83,6 @@ def make_batch(seq: int, side: int, seed: int = 0) -> tuple[TokenBatch, list[tor
     return batch, images
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":  # kernels run asynchronously: wait before reading the clock
-        torch.cuda.synchronize(device)
-
-
 def measure(model: ViQModel, text, batch: TokenBatch, images, codes, mode: str,
             repeats: int, dtype: str = "fp32") -> tuple[float, float]:
     """(forward s, whole step s), medians over ``repeats`` after one warm-up; ``dtype`` bf16 runs
@@ -98,18 +94,18 @@ def measure(model: ViQModel, text, batch: TokenBatch, images, codes, mode: str,
     for r in range(repeats + 1):
         cast = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16"
                 else contextlib.nullcontext())
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         with cast:
             with torch.no_grad():
                 feats = model(images).features if mode == "online" else model.embed(codes)
             loss = text(feats, batch)
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        _sync(device)
+        sync(device)
         t2 = time.perf_counter()
         if r:
             fwd.append(t1 - t0)

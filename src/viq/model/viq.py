@@ -130,12 +130,10 @@ class ViQModel(nn.Module):
             raise ValueError(f"encode: head.quantizer={self.cfg.head.quantizer!r} gives no "
                              "discrete codes; use an FSQ head (head.quantizer=fsq)")
         check_images(images)  # errors name the image's index in the whole batch
-        if packed:
-            tokens = self.encoder(self._prepare(images)).tokens
-            return self.split_codes(self.head(tokens).codes, tokens.grids)
+        images = self._prepare(images)
         out = []
-        for image in self._prepare(images):
-            tokens = self.encoder([image]).tokens
+        for group in [images] if packed else [[image] for image in images]:
+            tokens = self.encoder(group).tokens
             out += self.split_codes(self.head(tokens).codes, tokens.grids)
         return out
 
