@@ -80,7 +80,7 @@ def test_a_finished_run_is_reused_only_with_its_own_recipe(tmp_path):
     old, new = tmp_path / "old" / "d", tmp_path / "new" / "d"
     run = new / "stage2_1"
     (run / "final").mkdir(parents=True)
-    (run / "final" / "weights.safetensors").write_bytes(b"")  # "finished": never read here
+    (run / "done.json").write_text("{}")  # the finish record: "finished"
     save_json(stage_config("stage2_1", old, old / "data", QUICK),
               run / "final" / "train_config.json")
     cfg = stage_config("stage2_1", new, new / "data", QUICK)

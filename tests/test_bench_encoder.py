@@ -9,8 +9,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from viq.bench.encoder import make_images, to_naflex  # noqa: E402
 from viq.cli.bench import main as bench_main  # noqa: E402
-from viq.eval.bench_encoder import make_images, to_naflex  # noqa: E402
 
 TINY = ["--images", "4", "--min-size", "16", "--max-size", "64", "--width", "32", "--depth", "1",
         "--heads", "2", "--patch", "8", "--pos-grid", "4", "--warmup", "0", "--repeats", "1"]

@@ -23,7 +23,7 @@ def test_mllm_speedup_quick(capsys, dtype):
 
 
 def test_paper_setting_has_the_papers_sizes():
-    from viq.eval.bench_mllm import build_text, make_batch, setup
+    from viq.bench.mllm import build_text, make_batch, setup
     from viq.model.viq import ViQModel
 
     cfg, llms, seqs, side = setup(paper=True)

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
+from viq.bench.train import COMPONENTS, build, split_step
 from viq.config import override
-from viq.eval.bench_train import COMPONENTS, build, split_step
-from viq.train.presets import get_run
+from viq.presets import get_run
 
 
 def test_split_step_gives_the_loops_gradients(tmp_path):

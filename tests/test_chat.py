@@ -90,7 +90,7 @@ def test_labels_decode_to_answers_plus_end_of_turn(tok, template):
 
 def test_expand_images_and_token_count(tok):
     t = tokenize_sample(tok, convo("<image><image>Q?", "A.", images=2))
-    assert image_token_count((24, 24)) == 158  # SPEC B3.2: 384² → 158 LLM tokens
+    assert image_token_count((24, 24)) == 158  # docs/design.md B3.2: 384² → 158 LLM tokens
     assert image_token_count((3, 5)) == image_token_count((4, 6))  # odd grids padded to even
     e = expand_images(t, [3, 5])
     assert e.input_ids.count(IMAGE_TOKEN_ID) == 8 and len(e) == len(t) + 6

@@ -1,4 +1,4 @@
-"""The code decoder (SPEC A2 "decoder"): codes' values → VAE latents, trained on a frozen
+"""The code decoder (docs/design.md A2 "decoder"): codes' values → VAE latents, trained on a frozen
 stage-2-2 tokenizer by the ``decoder`` stage; reconstructions read it through `draw`."""
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from viq.eval.understanding import load_run
 from viq.model.code_decoder import CodeDecoder
 from viq.model.packing import Packed
 from viq.model.viq import ImageCodes
+from viq.presets import get_run
 from viq.train.frozen_cache import FrozenCache
 from viq.train.loop import train
 from viq.train.metrics import read_metrics
 from viq.train.objective import Objective
-from viq.train.presets import get_run
 
 
 def test_code_decoder_maps_each_grid_to_twice_its_size():

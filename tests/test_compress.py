@@ -12,7 +12,7 @@ from viq.cli.codes import main as codes_main
 from viq.cli.compress import main as compress
 from viq.cli.decompress import main as decompress
 from viq.cli.encode import main as encode
-from viq.cli.encode import random_model
+from viq.cli.model_args import random_model
 from viq.codes.codesfile import load_codes
 from viq.codes.packfile import load_packed
 from viq.data.images import load_for_encoder

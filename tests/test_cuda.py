@@ -93,9 +93,9 @@ def test_cuda_tiny_training_bf16(tmp_path, preset):
     """A few steps of the real loop (`viq.train`) on CUDA in bf16 autocast: finite losses, a
     checkpoint and the final export, which loads and encodes on CUDA."""
     from viq.config import override
+    from viq.presets import get_run
     from viq.train.loop import train
     from viq.train.metrics import read_metrics
-    from viq.train.presets import get_run
 
     cfg = override(get_run(preset), ["run.device=cuda", "run.dtype=bf16", "run.steps=3",
                                      "run.checkpoint_every=3", "run.tensorboard=false",

@@ -13,7 +13,6 @@ import torch
 from safetensors.torch import load_file
 
 from viq.data.synth import SynthConfig, write_json_dataset
-from viq.demo import resume
 from viq.demo.teacher import (
     EMBED_FILE,
     IGNORE,
@@ -27,6 +26,7 @@ from viq.demo.vae import build_autoencoder, evaluate, load_images, train_vae
 from viq.supervision.config import TeacherConfig, VAEConfig, tiny_teacher_encoder
 from viq.supervision.distill import build_teacher
 from viq.supervision.latent import build_vae
+from viq.train import checkpoint as resume
 
 VAE_ARGS = dict(crop=32, batch=2, channels=(8, 8, 8, 8), lr=3e-3, warmup=1, ckpt_every=2,
                 val_images=2, progress=False, init="random")  # learning from scratch (box init:

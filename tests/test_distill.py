@@ -1,5 +1,5 @@
-"""L_distill: a frozen fixed-resolution teacher and 1 − cos to the student's pooled vector (SPEC A2,
-B1.7, Part C 8)."""
+"""L_distill: a frozen fixed-resolution teacher and 1 − cos to the student's pooled vector
+(docs/design.md A2, B1.7, C8)."""
 
 from __future__ import annotations
 

@@ -7,13 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-from viq.backends.release import (
-    DRAWER_FILE,
-    embedder_state_dict,
-    export_release,
-    latent_head_state_dict,
-    load_drawer,
-)
 from viq.backends.vae import (
     QWEN_IMAGE_VAE,
     build_vae,
@@ -23,9 +16,16 @@ from viq.backends.vae import (
     to_uint8,
     vae_config_from_state,
 )
-from viq.cli.encode import random_model
+from viq.cli.model_args import random_model
 from viq.codes.codesfile import load_codes
+from viq.eval.drawing import load_drawer
 from viq.model.latent import LatentHead
+from viq.model.release import (
+    DRAWER_FILE,
+    embedder_state_dict,
+    export_release,
+    latent_head_state_dict,
+)
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -78,8 +78,8 @@ def test_drawer_equals_direct_computation(release):
 
 
 def test_drawer_from_index_drawer_file_only(tmp_path):
-    """Model file without VAE tensors + a SPEC B6.5 index_drawer.pth (bf16): the drawer uses the
-    drawer file's tensors, i.e. the bf16-rounded weights."""
+    """Model file without VAE tensors + a docs/design.md B6.5 index_drawer.pth (bf16): the drawer
+    uses the drawer file's tensors, i.e. the bf16-rounded weights."""
     model, head, vae, extras = _parts(seed=3)
     folder = tmp_path / "converted_tiny"
     export_release(model, folder)  # no extras: model file has no vae_* keys, no drawer file

@@ -9,8 +9,8 @@ import re
 import pytest
 import torch
 
+from viq.presets import get_run
 from viq.train.dryrun import build_meta, dry_run
-from viq.train.presets import get_run
 from viq.train.stages import select_trainable
 
 QWEN25_05B = 494_032_768  # published parameter count of Qwen2.5-0.5B (tied embeddings)

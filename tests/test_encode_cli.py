@@ -4,10 +4,11 @@ import pytest
 import torch
 from PIL import Image
 
-from viq.backends.release import export_release
-from viq.cli.encode import main, random_model
+from viq.cli.encode import main
+from viq.cli.model_args import random_model
 from viq.codes.codesfile import load_codes
 from viq.data.images import load_for_encoder
+from viq.model.release import export_release
 
 
 @pytest.fixture(scope="module")

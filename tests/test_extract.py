@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from viq.cli.encode import random_model
 from viq.cli.extract import main
+from viq.cli.model_args import random_model
 from viq.codes.store import CodeStore
 from viq.codes.verify import verify_store
 from viq.data.images import load_for_encoder
@@ -213,3 +213,27 @@ def test_killed_extraction_resumes_without_gaps_or_duplicates(tmp_path):
     assert r.ok, r.problems
     ids = [row.sample_id for row in CodeStore(store)]
     assert sorted(ids) == [f"img{i:02d}.jpg" for i in range(16)]  # none missing, none twice
+
+
+def test_library_extract_store_writes_the_store_of_viq_extract(tmp_path):
+    """`extract_store` (what the demo calls) and ``viq extract`` write the same bytes, so either
+    resumes the other's store; a model made in this process is identified by its tensors."""
+    from viq.cli.model_args import preset_model
+    from viq.codes.extract import extract_store
+    from viq.data.sources import open_extract_source
+
+    data = _llava(tmp_path)
+    assert main([str(data), "--out", str(tmp_path / "cli"), *MODEL, "--num-shards", "2"]) == 0
+    stats = extract_store(preset_model("tiny"), open_extract_source(data), tmp_path / "lib",
+                          num_shards=2)
+    assert stats.written == [0, 1] and stats.store["complete"]
+    files = sorted(p.relative_to(tmp_path / "cli") for p in (tmp_path / "cli").rglob("*")
+                   if p.is_file() and p.name != ".lock")
+    assert files == sorted(p.relative_to(tmp_path / "lib") for p in (tmp_path / "lib").rglob("*")
+                           if p.is_file() and p.name != ".lock")
+    for rel in files:
+        assert (tmp_path / "cli" / rel).read_bytes() == (tmp_path / "lib" / rel).read_bytes(), rel
+    again = extract_store(preset_model("tiny"), open_extract_source(data), tmp_path / "cli")
+    assert again.written == [] and again.skipped == [0, 1]  # the library resumes the CLI's store
+    made = extract_store(random_model("tiny", 0), open_extract_source(data), tmp_path / "own")
+    assert made.store["model"]["kind"] == "model" and verify_store(tmp_path / "own").ok

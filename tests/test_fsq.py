@@ -13,7 +13,7 @@ SIZES = {"2k": 2304, "4k": 4096, "8k": 8192, "16k": 15360, "64k": 64000}
 
 
 def _np_bound(z: np.ndarray, levels: tuple[int, ...]) -> np.ndarray:
-    """SPEC B2.3 bound in float64 numpy (independent of the module)."""
+    """docs/design.md B2.3 bound in float64 numpy (independent of the module)."""
     lv = np.asarray(levels, dtype=np.float64)
     half_l = (lv - 1) * (1 + 1e-3) / 2
     offset = np.where(np.asarray(levels) % 2 == 0, 0.5, 0.0)
@@ -191,7 +191,7 @@ def test_bf16_module_cast_keeps_rounding() -> None:
 @pytest.mark.parametrize("level", [8, 5])
 def test_exact_ties_round_half_to_even(level: int) -> None:
     """fp32 inputs whose bound is exactly k + 0.5 exist; torch.round sends them to the even
-    integer (release behaviour, SPEC B8.1), e.g. 0.5 → 0 and 1.5 → 2, never half-up."""
+    integer (release behaviour, docs/design.md B8.1), e.g. 0.5 → 0 and 1.5 → 2, never half-up."""
     q = FSQ([level])
     half_l = (level - 1) * (1 + 1e-3) / 2
     offset = 0.5 if level % 2 == 0 else 0.0

@@ -1,6 +1,6 @@
 """A hostile-input corpus (generated here, every file tiny) run through every command.
 
-Classes (issue 7): truncated PNG/JPEG, a header that claims more pixels than the data holds, zero
+Classes: truncated PNG/JPEG, a header that claims more pixels than the data holds, zero
 bytes, text or noise named like images, a 1,000,000×1 strip, huge declared sizes, FIFOs, broken
 and looping symbolic links, a link to a folder outside the input, folders named like images,
 vector files, non-UTF-8 / unicode / newline file names; damaged codes files (empty, noise, a header

@@ -297,7 +297,7 @@ def test_bytes_source_and_first_frame_of_animation(tmp_path):
 
 def test_release_area_rule_known_example():
     cfg = ImageConfig()
-    assert target_size(512, 320, cfg, "384x16") == (480, 288)  # SPEC B1.5
+    assert target_size(512, 320, cfg, "384x16") == (480, 288)  # docs/design.md B1.5
     assert target_size(1, 1, cfg, "384x32") == (384, 384)  # small images upscale too
     assert target_size(64, 64, cfg, "384X32") == (384, 384)
     assert target_size(512, 320, ImageConfig(resize="384x16")) == (480, 288)

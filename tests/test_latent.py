@@ -4,9 +4,9 @@ pixel-shuffle layout."""
 import torch
 import torch.nn.functional as F
 
-from viq.backends.release import latent_head_state_dict, vae_adapter_shapes
 from viq.model.latent import LatentHead, group_count
 from viq.model.packing import Packed
+from viq.model.release import latent_head_state_dict, vae_adapter_shapes
 
 
 def _features(grids, width=32, seed=0):

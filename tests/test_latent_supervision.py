@@ -1,5 +1,5 @@
-"""L_recon: the latent head regresses a frozen diffusers VAE's latent mean (SPEC A2, B4.1, Part C
-9), with a tiny ``AutoencoderKL`` (4-D) and a tiny ``AutoencoderKLQwenImage`` (5-D, T = 1)."""
+"""L_recon: the latent head regresses a frozen diffusers VAE's latent mean (docs/design.md A2, B4.1,
+C9), with a tiny ``AutoencoderKL`` (4-D) and a tiny ``AutoencoderKLQwenImage`` (5-D, T = 1)."""
 
 from __future__ import annotations
 

@@ -8,9 +8,9 @@ import os
 import pytest
 from PIL import Image
 
+from viq.bench.data import make_toy_llava
 from viq.data.llava import ImageRef, Message, load_llava, read_records
 from viq.data.policy import BadSamplePolicy, SampleError
-from viq.eval.bench_data import make_toy_llava
 
 
 def img(path, size=(40, 30)):

@@ -1,4 +1,4 @@
-"""Loading published weights into bf16 streams tensor by tensor (issue 8): the peak resident memory
+"""Loading published weights into bf16 streams tensor by tensor: the peak resident memory
 of the load, measured in a fresh subprocess, stays under 1.2× the bf16 model's size; the loaded
 tensors equal the file's, cast; damaged or foreign files get a clear message."""
 
@@ -9,19 +9,19 @@ import argparse
 import pytest
 import torch
 
-from viq.backends.release import load_release
-from viq.backends.torchfile import open_pth
-from viq.eval.bench_load import layout_config, measure, model_bytes, write_release_file
+from viq.bench.load import layout_config, measure, model_bytes, write_release_file
+from viq.model.release import load_release
+from viq.model.torchfile import open_pth
 
 
 def test_bf16_load_peak_memory_is_bounded(tmp_path):
     # the published 16k layout at width 768, 2 encoder layers: 0.21 GB of bf16 weights, a
-    # 0.45 GB fp32 file (the old path, fp32 copy + cast, needs about 4× the bf16 size)
+    # 0.45 GB fp32 file (the whole-file loader, fp32 copy + cast, needs about 4× the bf16 size)
     cfg = layout_config("16k", depth=2, width=768)
     path = write_release_file(tmp_path / "converted_16k", cfg, random=False)
     size = model_bytes(cfg, torch.bfloat16)
     assert 150e6 < size < 450e6 and path.stat().st_size > 1.9 * size
-    r = measure(path, "new", "bf16")
+    r = measure(path, "stream", "bf16")
     load = r["peak_bytes"] - r["before_bytes"]
     assert size <= load <= 1.2 * size, f"load used {load / 1e6:.0f} MB for {size / 1e6:.0f} MB"
 
@@ -40,7 +40,7 @@ def test_streamed_tensors_equal_the_file_cast(tmp_path):
 
 
 def test_cast_reads_in_chunks_equal_the_file(tmp_path, monkeypatch):
-    import viq.backends.torchfile as tf
+    import viq.model.torchfile as tf
 
     monkeypatch.setattr(tf, "CHUNK_BYTES", 36)  # 9 fp32 values a chunk: many chunks, a ragged end
     state = {"a": torch.randn(7, 13), "h": torch.randn(50, dtype=torch.float64)}

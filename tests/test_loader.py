@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from viq.backends.llm import qwen2_tokenizer
+from viq.bench.data import make_toy_llava
 from viq.config import ImageConfig
 from viq.data.chat import IGNORE_INDEX, IMAGE_TOKEN_ID, image_token_count
 from viq.data.loader import DataConfig, DataStream, PackedDataset, open_source
 from viq.data.policy import SampleError
 from viq.data.shards import write_shards
-from viq.eval.bench_data import make_toy_llava
 
 IMG = ImageConfig(resize="64x32")
 

@@ -56,7 +56,7 @@ def test_every_method_is_lossless_on_every_preset_and_edge_value(name):
 
 
 def test_digits_follow_the_spec_index_math():
-    levels = (8, 8, 8, 6, 5)  # SPEC B2.3 example: basis [1, 8, 64, 512, 3072]
+    levels = (8, 8, 8, 6, 5)  # docs/design.md B2.3 example: basis [1, 8, 64, 512, 3072]
     idx = np.array([0, 1, 8, 64, 512, 3072, 15359])
     d = to_digits(idx, levels)
     assert d[1].tolist() == [1, 0, 0, 0, 0] and d[4].tolist() == [0, 0, 0, 1, 0]

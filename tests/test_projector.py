@@ -1,5 +1,5 @@
-"""The vision → LLM projector (SPEC B3.2): token counts for even and odd grids, the pooling math,
-parameter names, per-image independence."""
+"""The vision → LLM projector (docs/design.md B3.2): token counts for even and odd grids, the
+pooling math, parameter names, per-image independence."""
 
 from __future__ import annotations
 

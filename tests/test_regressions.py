@@ -12,9 +12,9 @@ from PIL import Image
 
 from viq.config import override
 from viq.data.llava import load_llava
-from viq.data.loader import ShardSource
 from viq.data.policy import BadSamplePolicy
 from viq.data.shards import ShardError, write_shards
+from viq.data.sources import TarSource as ShardSource
 from viq.model.viq import ViQModel
 from viq.presets import tiny
 

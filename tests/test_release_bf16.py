@@ -1,6 +1,7 @@
-"""Published-layout weights in bf16 (issue 8; SPEC B1.2, B6.7, B8.1): under ``official_compat`` the
-forward equals the reference's patch embedding (``nn.Conv2d`` per image, in bf16) bit for bit, and
-an image's codes do not depend on the batch it is encoded in (fp32 and bf16)."""
+"""Published-layout weights in bf16 (docs/design.md B1.2, B6.7, B8.1): under
+``official_compat`` the forward equals the reference's patch embedding (``nn.Conv2d`` per image, in
+bf16) bit for bit, and an image's codes do not depend on the batch it is encoded in (fp32 and
+bf16)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from viq.backends.release import export_release, load_release
 from viq.model.packing import Packed
+from viq.model.release import export_release, load_release, released
 from viq.model.viq import ViQModel
 from viq.model.vit import PatchEmbed
-from viq.presets import released
 
 SIZES = [(320, 320), (160, 224), (96, 128), (32, 208)]  # (H, W): 400 + 140 + 48 + 26 patches
 

@@ -1,6 +1,7 @@
 """Checks of the release-compatible numerics that are not covered by the module tests: the
 release's inference preprocessing (`viq.data.images.release_*`), the bf16 patch embedding against
-a convolution, and (GPU only) where compat RoPE evaluates cos/sin. SPEC B1.2, B1.5, B2.6, B8.1."""
+a convolution, and (GPU only) where compat RoPE evaluates cos/sin. docs/design.md B1.2, B1.5, B2.6,
+B8.1."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``--weights`` finds the published weights in every layout people have on disk (issue 8): the
+"""``--weights`` finds the published weights in every layout people have on disk: the
 downloaded root holding ``converted_<size>/`` folders (``--size`` chooses), one such folder, the
 converter's ``converted/`` folder (with ``--size``), the ``.pth`` itself; hints name CLI flags."""
 
@@ -9,12 +9,13 @@ import shutil
 import pytest
 import torch
 
-from viq.backends.release import export_release, find_weights, load_release
 from viq.cli.encode import main as encode_main
-from viq.cli.encode import random_model
+from viq.cli.model_args import random_model
 from viq.codes.codesfile import load_codes
 from viq.data.bundled import bundled_photo
 from viq.data.images import load_for_encoder
+from viq.model.release import export_release, load_release
+from viq.model.release_files import find_weights
 
 LEVELS = {"16k": "8,8,8,6,5", "64k": "8,8,8,5,5,5"}
 

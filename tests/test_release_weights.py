@@ -5,17 +5,18 @@ import dataclasses
 import pytest
 import torch
 
-from viq.backends.release import (
+from viq.model.release import (
     EMBEDDER_FILE,
     embedder_state_dict,
     export_release,
     load_release,
     release_state_dict,
-    size_from_path,
+    released,
     vae_adapter_shapes,
 )
+from viq.model.release_files import size_from_path
 from viq.model.viq import ViQModel
-from viq.presets import released, tiny
+from viq.presets import tiny
 
 LEVELS = {"2k": (8, 8, 4, 3, 3), "4k": (8, 8, 4, 4, 4), "8k": (8, 8, 8, 4, 4),
           "16k": (8, 8, 8, 6, 5), "64k": (8, 8, 8, 5, 5, 5)}
@@ -23,7 +24,7 @@ K = {"2k": 2304, "4k": 4096, "8k": 8192, "16k": 15360, "64k": 64000}
 
 
 def _block(prefix: str, c: int = 1536) -> dict:
-    """A ViT-style block as written in SPEC B6.3."""
+    """A ViT-style block as written in docs/design.md B6.3."""
     return {prefix + "norm1.weight": (c,), prefix + "norm1.bias": (c,),
             prefix + "attn.qkv.weight": (3 * c, c), prefix + "attn.qkv.bias": (3 * c,),
             prefix + "attn.proj.weight": (c, c), prefix + "attn.proj.bias": (c,),
@@ -38,7 +39,8 @@ def _mlp(prefix: str, a: int, b: int, c: int) -> dict:
 
 
 def spec_model_file(d: int) -> dict:
-    """SPEC B6.3, typed out independently of the implementation (without the VAE parts)."""
+    """docs/design.md B6.3, typed out independently of the implementation (without the VAE
+    parts)."""
     exp = {"patch_embed.proj.weight": (1536, 3, 16, 16), "patch_embed.proj.bias": (1536,),
            "pos_embed": (1, 16384, 1536), "norm.weight": (1536,), "norm.bias": (1536,),
            "attn_pool.latent": (1, 1, 1536), "attn_pool.q.weight": (1536, 1536),
@@ -78,7 +80,7 @@ def spec_model_file(d: int) -> dict:
 
 
 def spec_embedder(size: str) -> dict:
-    """SPEC B6.4."""
+    """docs/design.md B6.4."""
     d = len(LEVELS[size])
     exp = {"ori_codebook.weight": (K[size], d), "projector_1.weight": (1536, d),
            "projector_1.bias": (1536,), "_weight": (1536,), "_bias": (1536,)}

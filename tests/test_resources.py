@@ -4,8 +4,8 @@ Measured in a subprocess (one start of Python + torch) under an address-space li
 (``resource.setrlimit(RLIMIT_AS)``) and a wall-clock timeout: ``viq encode`` over the whole
 hostile image corpus (tests/test_hostile.py) plus the worst file the bounds still admit — a solid
 RGBA PNG of a few hundred kB whose header declares just under ``image.max_image_pixels`` pixels —
-then ``viq encode --center-crop 100000`` (refused up front; it grew to 17.6 GB before issue 7) and
-a gzip tar "bomb" shard (refused by its magic bytes; 2.7 GB before).
+then ``viq encode --center-crop 100000`` (refused up front, before any allocation) and
+a gzip tar "bomb" shard (refused by its magic bytes).
 
 Stated bound (docs/images.md "Resource limits"): decoding and resizing one image costs about
 (bytes per decoded pixel + 3) × max_image_pixels on top of the process (RGBA: ~7 B per pixel,

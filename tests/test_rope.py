@@ -1,5 +1,6 @@
-"""2D RoPE: the GoldenGate angle table against an independent float64 evaluation of SPEC B2.6, the
-release's bf16 rotation quirk (B8.1), the axial option's relative-position property, thin grids."""
+"""2D RoPE: the GoldenGate angle table against an independent float64 evaluation of docs/design.md
+B2.6, the release's bf16 rotation quirk (B8.1), the axial option's relative-position property, thin
+grids."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ GRIDS = [(16, 16), (8, 128), (1, 6), (6, 1), (5, 3), (1, 1)]
 
 
 def _f32(a: np.ndarray | float) -> np.ndarray:
-    """Round to fp32 and back: marks the points where SPEC B2.6 keeps an fp32 table."""
+    """Round to fp32 and back: marks the points where docs/design.md B2.6 keeps an fp32 table."""
     return np.asarray(a, dtype=np.float32).astype(np.float64)
 
 
 def _reference_angles(h: int, w: int, head_dim: int = 256, n_heads: int = 4) -> np.ndarray:
-    """SPEC B2.6 in float64 numpy, with the spec's fp32 tables (ω, φ, cos φ, sin φ, x, y)."""
+    """docs/design.md B2.6 in float64 numpy, with the spec's fp32 tables (ω, φ, cos φ, sin φ, x,
+    y)."""
     n_freqs = head_dim // 2
     n_zero = round(0.25 * n_freqs)
     t = _f32(np.linspace(0.0, 1.0, n_freqs - n_zero))

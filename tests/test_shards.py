@@ -10,17 +10,12 @@ from collections import Counter
 
 import pytest
 
+from viq.bench.data import make_toy_llava
 from viq.data.llava import parse_sample
-from viq.data.loader import DataConfig, PackedDataset, ShardSource, open_source
-from viq.data.shards import (
-    ShardError,
-    consumer_count,
-    consumer_plan,
-    read_shard,
-    shard_locator,
-    write_shards,
-)
-from viq.eval.bench_data import make_toy_llava
+from viq.data.loader import DataConfig, PackedDataset, open_source
+from viq.data.shards import ShardError, read_shard, shard_locator, write_shards
+from viq.data.sources import TarSource as ShardSource
+from viq.data.sources import consumer_count, consumer_plan
 
 
 def test_write_read_round_trip(tmp_path):

@@ -21,8 +21,8 @@ from transformers.models.siglip2.modeling_siglip2 import Siglip2VisionEmbeddings
 
 import viq  # noqa: E402
 from viq.backends.siglip2 import load_encoder  # noqa: E402
+from viq.bench.encoder import to_naflex, valid_tokens  # noqa: E402
 from viq.config import EncoderConfig  # noqa: E402
-from viq.eval.bench_encoder import to_naflex, valid_tokens  # noqa: E402
 from viq.model.vit import ViTEncoder, resize_pos_table  # noqa: E402
 
 P = 4

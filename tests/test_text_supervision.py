@@ -1,4 +1,4 @@
-"""L_text through a real tiny Qwen2 with peft LoRA/DoRA (SPEC B3.3, B5.1, B5.2, Part C 7)."""
+"""L_text through a real tiny Qwen2 with peft LoRA/DoRA (docs/design.md B3.3, B5.1, B5.2, C7)."""
 
 from __future__ import annotations
 
@@ -217,6 +217,21 @@ def test_smollm2_lora_two_steps():
     prompt = tokenize_prompt(sup.tokenizer, "<image>\nWhat is it?", [(2, 2)])
     out = sup.generate(Packed(feats.tokens[:4], ((2, 2),)), [prompt], max_new_tokens=4)
     assert isinstance(out[0], str)
+
+
+@pytest.mark.slow
+def test_smollm2_first_load_draws_what_a_cached_load_draws(tmp_path):
+    """Converting SmolLM2 from its GGUF (the first run on a machine) leaves the global RNG as a
+    load from the cache does: a demo's first run trains like every later one."""
+    pytest.importorskip("gguf")
+    from viq.backends.llm import smollm2
+
+    draws = []
+    for _ in range(2):  # the first call converts into tmp_path, the second reads it back
+        torch.manual_seed(0)
+        smollm2(cache_dir=tmp_path / "smollm2")
+        draws.append(torch.rand(4))
+    assert torch.equal(draws[0], draws[1])
 
 
 def test_keep_layers_cuts_the_lm_and_generation_still_matches():

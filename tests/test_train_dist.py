@@ -5,7 +5,7 @@ FSDP2 run stops every rank with a checkpoint, and the resumed run equals the uni
 
 Equivalence tested: with ``data.loader.rows=1`` and ``max_tokens=100`` every batch holds exactly
 one synthetic sample (their lengths are 53–67 tokens, so no two fit). The loader gives rank r the
-samples r, r+2, r+4, … of the epoch order (`viq.data.shards.consumer_plan`, split "sample"), so
+samples r, r+2, r+4, … of the epoch order (`viq.data.sources.consumer_plan`, split "sample"), so
 step k of 2 ranks sees samples 2k and 2k+1 — the same two that one process sees as the two
 micro-batches of ``run.grad_accum=2``. The loop averages the micro-batch losses (``/grad_accum``)
 and DDP/FSDP2 average the ranks' gradients (and the logged loss, ``dist.mean_scalar``), so the
@@ -30,9 +30,9 @@ from pathlib import Path
 import pytest
 
 from viq.config import override
+from viq.presets import get_run
 from viq.train.loop import train
 from viq.train.metrics import read_metrics
-from viq.train.presets import get_run
 
 SAME_BATCH = ["data.loader.max_tokens=100", "data.loader.rows=1", "llm.dropout=0",
               "run.tensorboard=false", "run.val_batches=0"]

@@ -8,9 +8,9 @@ import math
 import pytest
 
 from viq.config import override
+from viq.presets import get_run, with_stage
 from viq.train.loop import Trainer, train
 from viq.train.metrics import read_metrics
-from viq.train.presets import get_run, with_stage
 from viq.train.stages import mllm
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from viq.config import override
+from viq.presets import get_run
 from viq.train.loop import Trainer, lr_factor, train
 from viq.train.metrics import read_metrics
-from viq.train.presets import get_run
 
 
 def _losses(out_dir) -> dict[int, float]:

@@ -1,5 +1,5 @@
 """Stages as data: trainable tables, where each loss term's gradient goes, fitting one batch,
-and the chain stage 1 → 2-1 → 2-2 through ``init_from`` (issue: training ViQ's stages)."""
+and the chain stage 1 → 2-1 → 2-2 through ``init_from``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from viq.config import override
+from viq.presets import get_run
 from viq.train.checkpoint import load_weights, weights_state
 from viq.train.data import TrainData, resolve_paths
 from viq.train.objective import Objective
-from viq.train.presets import get_run
 from viq.train.stages import param_groups, select_trainable, trainable_table
 
 STAGES = ("tiny_stage1", "tiny_stage2_1", "tiny_stage2_2")
@@ -57,7 +57,7 @@ def test_trainable_table_per_stage(name):
     assert any(n.startswith("latent.latent_head.") for n in names) == (name != "tiny_stage1")
     assert hasattr(obj, "latent") == (name != "tiny_stage1")  # recon weight 0 → not built
     groups = {g["name"] for g in param_groups(obj, cfg.stage, 1.0, 0.1)}
-    if name == "tiny_stage2_1":  # new parameters at their own learning rate (SPEC A2)
+    if name == "tiny_stage2_1":  # new parameters at their own learning rate (docs/design.md A2)
         assert {"new", "pretrained"} <= {g.split("/")[0] for g in groups}
 
 

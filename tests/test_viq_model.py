@@ -96,3 +96,12 @@ def test_encode_needs_an_fsq_head():
     with pytest.raises(ValueError, match="fsq"):
         m.encode(_images()[:1])
     assert m(_images()[:1]).codes is None
+
+
+def test_saving_the_same_weights_twice_writes_the_same_bytes(tmp_path):
+    """The weights file's sha256 identifies the model in a code store's fingerprint: re-exporting
+    equal weights must not change it."""
+    model = ViQModel(tiny())
+    a = model.save_pretrained(tmp_path / "a") / "model.safetensors"
+    b = model.save_pretrained(tmp_path / "b") / "model.safetensors"
+    assert a.read_bytes() == b.read_bytes()

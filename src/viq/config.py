@@ -6,29 +6,48 @@ model-shape sections shared by the library (`EncoderConfig`, `ImageConfig`). Oth
 next to the code that owns them and plug into the same machinery (any frozen dataclass works).
 
 Validation happens in ``__post_init__`` and raises ``ValueError`` naming the offending field.
-No environment variable ever changes behaviour (STYLE.md).
+No environment variable ever changes behaviour (docs/design.md D2).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
+import torch
+
 T = TypeVar("T")
 
+# the precisions a config names, and their torch dtypes
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
-def _check(cond: bool, field: str, msg: str) -> None:
+
+def check(cond: bool, field: str, msg: str) -> None:
+    """The one validation helper of every config section: ``ValueError`` naming the field."""
     if not cond:
         raise ValueError(f"config field '{field}': {msg}")
 
 
+def codebook_size(levels: Iterable[int]) -> int:
+    """K = the product of the FSQ levels (docs/design.md B2.3)."""
+    return math.prod(int(v) for v in levels)
+
+
+def index_dtype(size: int) -> torch.dtype:
+    """How code indices are stored: uint16 when the codebook has ≤ 65,536 codes (every published
+    size), else int32 (docs/design.md C5)."""
+    return torch.uint16 if size <= 65536 else torch.int32
+
+
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
-    """Shape of the any-resolution SigLIP2-style ViT (SPEC A1, B1.1)."""
+    """Shape of the any-resolution SigLIP2-style ViT (docs/design.md A1, B1.1)."""
 
     patch_size: int = 16
     width: int = 1536
@@ -37,22 +56,22 @@ class EncoderConfig:
     mlp_dim: int = 6144
     pos_grid: int = 128  # side of the learned position table, resized per image
     ln_eps: float = 1e-6
-    gelu: Literal["exact", "tanh"] = "exact"  # the ViQ release uses exact GELU (SPEC B1.1)
+    gelu: Literal["exact", "tanh"] = "exact"  # the release uses exact GELU (design.md B1.1)
     qkv_bias: bool = True
     pos_antialias: bool = False  # HF Siglip2 resizes with antialias=True, the release without
     map_head: bool = True  # MAP attention-pool head (+ final norm) for the pooled vector
     checkpointing: bool = False  # activation checkpointing of every block during training
 
     def __post_init__(self) -> None:
-        _check(self.patch_size > 0, "encoder.patch_size", "must be positive")
-        _check(self.width > 0 and self.depth >= 0, "encoder.width/depth", "must be positive")
-        _check(self.heads > 0, "encoder.heads", "must be positive")
-        _check(self.width % self.heads == 0, "encoder.heads",
+        check(self.patch_size > 0, "encoder.patch_size", "must be positive")
+        check(self.width > 0 and self.depth >= 0, "encoder.width/depth", "must be positive")
+        check(self.heads > 0, "encoder.heads", "must be positive")
+        check(self.width % self.heads == 0, "encoder.heads",
                f"width {self.width} is not divisible by heads {self.heads}")
-        _check(self.mlp_dim > 0, "encoder.mlp_dim", "must be positive")
-        _check(self.pos_grid > 0, "encoder.pos_grid", "must be positive")
-        _check(0 < self.ln_eps < 1, "encoder.ln_eps", f"must be in (0, 1), got {self.ln_eps}")
-        _check(self.gelu in ("exact", "tanh"), "encoder.gelu", "must be 'exact' or 'tanh'")
+        check(self.mlp_dim > 0, "encoder.mlp_dim", "must be positive")
+        check(self.pos_grid > 0, "encoder.pos_grid", "must be positive")
+        check(0 < self.ln_eps < 1, "encoder.ln_eps", f"must be in (0, 1), got {self.ln_eps}")
+        check(self.gelu in ("exact", "tanh"), "encoder.gelu", "must be 'exact' or 'tanh'")
 
     @property
     def head_dim(self) -> int:
@@ -61,7 +80,7 @@ class EncoderConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ImageConfig:
-    """How an image becomes pixels for the encoder (SPEC B1.5, Part C 3).
+    """How an image becomes pixels for the encoder (docs/design.md B1.5, C3).
 
     ``resize``: ``"native"`` keeps the size (then aligned down), ``"<base>x<align>"`` is the
     release's area-preserving rule (W·H ≈ base²); a dataset sample may also carry an explicit
@@ -84,23 +103,23 @@ class ImageConfig:
     max_image_pixels: int = 89_478_485  # decompression-bomb bound (PIL's default)
 
     def __post_init__(self) -> None:
-        _check(self.align > 0, "image.align", "must be positive")
-        _check(self.min_pixels >= 0 and self.max_pixels >= 0, "image.min_pixels/max_pixels",
+        check(self.align > 0, "image.align", "must be positive")
+        check(self.min_pixels >= 0 and self.max_pixels >= 0, "image.min_pixels/max_pixels",
                "must be >= 0 (max_pixels 0 = the automatic budget)")
-        _check(self.max_image_pixels > 0, "image.max_image_pixels", "must be positive")
-        _check(self.max_pixels <= self.max_image_pixels, "image.max_pixels",
+        check(self.max_image_pixels > 0, "image.max_image_pixels", "must be positive")
+        check(self.max_pixels <= self.max_image_pixels, "image.max_pixels",
                f"{self.max_pixels:,} is above image.max_image_pixels {self.max_image_pixels:,} "
                "(no image that large is decoded); raise image.max_image_pixels too")
         if self.max_pixels and self.min_pixels:
-            _check(self.min_pixels <= self.max_pixels, "image.min_pixels",
+            check(self.min_pixels <= self.max_pixels, "image.min_pixels",
                    f"{self.min_pixels} exceeds image.max_pixels {self.max_pixels}")
         if self.resize != "native":
             parts = self.resize.lower().split("x")
             ok = len(parts) == 2 and all(p.strip().isdigit() and int(p) > 0 for p in parts)
-            _check(ok, "image.resize",
+            check(ok, "image.resize",
                    f"expected 'native' or '<base>x<align>' (e.g. '384x32'), got {self.resize!r}")
             base = int(parts[0])
-            _check(self.max_pixels or base * base <= self.AUTO_MAX_PIXELS, "image.resize",
+            check(self.max_pixels or base * base <= self.AUTO_MAX_PIXELS, "image.resize",
                    f"{self.resize!r} asks for {base * base:,} pixels per image, above the "
                    f"automatic budget {self.AUTO_MAX_PIXELS:,}; set image.max_pixels too "
                    f"(e.g. image.max_pixels={2 * base * base})")
@@ -268,7 +287,8 @@ def load_json(cls: type[T], path: str | Path) -> T:
 
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
-    """The quantizer head (SPEC A1, B2, Part C 1; details in ``viq.model.head`` and docs/head.md).
+    """The quantizer head (docs/design.md A1, B2, C1; details in ``viq.model.head`` and
+    docs/head.md).
 
     ``layout``: ``released`` = direct quantizer on the C-wide feature (all published weights);
     ``paper`` = C→``bottleneck_dim`` bottleneck (proximal bound in stage 2-1; with ``fsq`` the
@@ -276,7 +296,7 @@ class HeadConfig:
     ``quantizer``: ``fsq`` (``levels``), ``proximal`` (``bound``) or ``identity``.
     ``headwise_dim`` is a maximum (the release's max_head_dim): the head-wise attention runs at
     min(headwise_dim, stage width). ``official_compat`` reproduces the release's numerics
-    (SPEC B8.1 ⚑).
+    (docs/design.md B8.1 ⚑).
     """
 
     layout: Literal["released", "paper"] = "released"
@@ -295,23 +315,23 @@ class HeadConfig:
     official_compat: bool = False
 
     def __post_init__(self) -> None:
-        _check(self.layout in ("released", "paper"), "head.layout", "must be 'released' or 'paper'")
-        _check(self.quantizer in ("fsq", "proximal", "identity"), "head.quantizer",
+        check(self.layout in ("released", "paper"), "head.layout", "must be 'released' or 'paper'")
+        check(self.quantizer in ("fsq", "proximal", "identity"), "head.quantizer",
                "must be 'fsq', 'proximal' or 'identity'")
-        _check(self.bound in ("linf", "l2", "tanh", "none"), "head.bound",
+        check(self.bound in ("linf", "l2", "tanh", "none"), "head.bound",
                "must be 'linf', 'l2', 'tanh' or 'none'")
-        _check(self.rope in ("golden", "axial", "none", "learned"), "head.rope",
+        check(self.rope in ("golden", "axial", "none", "learned"), "head.rope",
                "must be 'golden', 'axial', 'none' or 'learned'")
-        _check(len(self.levels) > 0 and all(v >= 2 for v in self.levels), "head.levels",
+        check(len(self.levels) > 0 and all(v >= 2 for v in self.levels), "head.levels",
                f"need at least one level and every level ≥ 2, got {list(self.levels)}")
-        _check(self.bottleneck_dim > 0, "head.bottleneck_dim", "must be positive")
-        _check(self.heads > 0, "head.heads", "must be positive")
-        _check(min(self.pre_blocks, self.headwise_blocks, self.post_residual) >= 0,
+        check(self.bottleneck_dim > 0, "head.bottleneck_dim", "must be positive")
+        check(self.heads > 0, "head.heads", "must be positive")
+        check(min(self.pre_blocks, self.headwise_blocks, self.post_residual) >= 0,
                "head.pre_blocks/headwise_blocks/post_residual", "must be >= 0")
-        _check(self.expand >= 1, "head.expand", "must be >= 1")
-        _check(self.headwise_dim > 0 and self.headwise_dim % 2 == 0, "head.headwise_dim",
+        check(self.expand >= 1, "head.expand", "must be >= 1")
+        check(self.headwise_dim > 0 and self.headwise_dim % 2 == 0, "head.headwise_dim",
                f"must be a positive even number (RoPE rotates pairs), got {self.headwise_dim}")
-        _check(self.pos_grid > 0, "head.pos_grid", "must be positive")
+        check(self.pos_grid > 0, "head.pos_grid", "must be positive")
 
 
 @dataclasses.dataclass(frozen=True)

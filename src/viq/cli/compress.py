@@ -14,7 +14,8 @@ import argparse
 from pathlib import Path
 
 from viq.cli.errors import UsageError, command
-from viq.cli.model_args import add_model_args, check_model_args, image_config, load_model
+from viq.cli.inputs import file_parser
+from viq.cli.model_args import add_model_args, image_config, load_model, parse_model_args
 
 RGB_BITS_PER_CODE = 16 * 16 * 3 * 8 / 4
 
@@ -22,11 +23,9 @@ RGB_BITS_PER_CODE = 16 * 16 * 3 * 8 / 4
 def build_parser() -> argparse.ArgumentParser:
     from viq.codes.pack import METHODS
 
-    p = argparse.ArgumentParser(
-        prog="viq compress", description="Encode images and pack their codes into .viqz files.")
-    p.add_argument("images", nargs="+", type=Path, help="image files")
-    p.add_argument("-o", "--out", required=True, type=Path,
-                   help="output .viqz file (one image) or folder (<name>.viqz per image)")
+    p = file_parser("viq compress", "Encode images and pack their codes into .viqz files.",
+                    "image files", "output .viqz file (one image) or folder (<name>.viqz per "
+                    "image)", name="images", paths=True)
     add_model_args(p)
     p.add_argument("--method", choices=METHODS, default="auto",
                    help="packing: auto (smallest, default), fsq, zstd or raw")
@@ -53,10 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from viq.data.images import ImageError
 
     outs = _outputs(args.images, args.out)
-    try:
-        lm = load_model(args)
-    except (ValueError, FileNotFoundError) as e:
-        raise UsageError(f"cannot build the model: {e}") from None
+    lm = load_model(args)
     cfg = image_config(lm.model, args)
     failed = 0
     for image, out in zip(args.images, outs, strict=True):
@@ -80,7 +76,4 @@ def run(args: argparse.Namespace) -> int:
 
 @command("viq compress")
 def main(argv: list[str] | None = None) -> int:
-    p = build_parser()
-    args = p.parse_args(argv)
-    check_model_args(p, args)
-    return run(args)
+    return run(parse_model_args(build_parser(), argv))

@@ -4,10 +4,11 @@
     viq decompress photo.viqz -o photo.codes.safetensors        # no model needed
 
 Unpacking is exact (`viq.codes.packfile`, CRC-checked). Drawing an image needs a drawer for the
-codes' model, as ``viq decode``: the published weights' ``index_drawer`` (``--weights``;
-`viq.backends.release.load_drawer`), or ``--preset NAME --random-init`` for the seeded random drawer
-of codes from ``viq compress --preset NAME --random-init`` (`viq.cli.decode.random_drawer`; the
-pictures are noise — no trained drawer exists for the small presets yet).
+codes' model, as ``viq decode`` (the one codes → image path, `viq.eval.drawing`): the published
+weights' ``index_drawer`` (``--weights``; `load_drawer`), or ``--preset NAME --random-init`` for
+the seeded random drawer of codes from ``viq compress --preset NAME --random-init``
+(`viq.cli.model_args.random_drawer`; the pictures are noise — no trained drawer exists for the
+small presets yet).
 """
 
 from __future__ import annotations
@@ -16,29 +17,26 @@ import argparse
 from pathlib import Path
 
 from viq.cli.errors import UsageError, command
+from viq.cli.inputs import file_parser
+from viq.cli.model_args import add_device_args, add_source_args, preset_error, random_drawer
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="viq decompress", description="Unpack .viqz files into images or codes files.")
-    p.add_argument("inputs", nargs="+", type=Path, help=".viqz files")
-    p.add_argument("-o", "--out", required=True, type=Path,
-                   help="output file (one input: NAME.png or NAME.codes.safetensors) or folder")
+    p = file_parser("viq decompress", "Unpack .viqz files into images or codes files.",
+                    ".viqz files", "output file (one input: NAME.png or NAME.codes.safetensors) "
+                    "or folder", paths=True)
     p.add_argument("--codes", action="store_true",
                    help="write .codes.safetensors files (no drawer needed) instead of PNG")
-    p.add_argument("--weights", type=Path,
-                   help="published ViQ weights folder with index_drawer.pth (for images)")
-    p.add_argument("--preset", help="with --random-init: the seeded random drawer of a preset")
-    p.add_argument("--random-init", action="store_true",
-                   help="with --preset: random drawer weights (images are noise)")
-    p.add_argument("--seed", type=int, default=0, help="seed for --random-init (default 0)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="with --preset: override a config field (as viq compress was given)")
-    p.add_argument("--size", help="FSQ size of --weights if the path does not name it")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="drawer precision")
+    add_source_args(
+        p, ("weights", "preset"), group=False,
+        weights="published ViQ weights folder with index_drawer.pth (for images)",
+        preset="with --random-init: the seeded random drawer of a preset",
+        random_init="with --preset: random drawer weights (images are noise)",
+        set="with --preset: override a config field (as viq compress was given)",
+        size="FSQ size of --weights if the path does not name it")
+    add_device_args(p, dtype="drawer precision")
     return p
 
 
@@ -55,15 +53,13 @@ def _targets(args: argparse.Namespace) -> tuple[list[Path], bool]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from viq.codes.codesfile import save_codes
     from viq.codes.packfile import load_packed
 
     outs, to_codes = _targets(args)
     if args.weights is not None and args.preset is not None:
         raise UsageError("give --weights or --preset NAME --random-init, not both")
-    if (args.preset is None) != (not args.random_init):
+    if preset_error(args):
         raise UsageError("--preset and --random-init go together (a preset has no trained "
                          "drawer; its random drawer draws noise)")
     if not to_codes and args.weights is None and args.preset is None:
@@ -73,15 +69,12 @@ def run(args: argparse.Namespace) -> int:
                          "instead: -o NAME.codes.safetensors or --codes")
     drawer = None
     if not to_codes:
-        dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-        if args.preset is not None:
-            from viq.cli.decode import random_drawer
+        from viq.config import DTYPES
+        from viq.eval.drawing import load_drawer
 
-            drawer = random_drawer(args.preset, args.seed, args.overrides)
-        else:
-            from viq.backends.release import load_drawer
-
-            drawer = load_drawer(args.weights, size=args.size, dtype=dtype)
+        dtype = DTYPES[args.dtype]
+        drawer = (random_drawer(args) if args.preset is not None
+                  else load_drawer(args.weights, size=args.size, dtype=dtype))
         drawer = drawer.to(device=args.device, dtype=dtype)
     failed = 0
     for src, dst in zip(args.inputs, outs, strict=True):
@@ -96,14 +89,11 @@ def run(args: argparse.Namespace) -> int:
                        original_size=cf.original_size, model_id=cf.model_id)
         else:
             try:
-                image = drawer.draw([cf.codes])[0]
+                image = drawer.draw([cf.codes], [cf.image_size])[0]
             except ValueError as e:  # levels of another model
                 print(f"viq decompress: failed: {src}: {e}")
                 failed += 1
                 continue
-            w, h = cf.image_size
-            if 0 < w <= image.width and 0 < h <= image.height and (w, h) != image.size:
-                image = image.crop((0, 0, w, h))  # the encoder's padding to whole patches
             dst.parent.mkdir(parents=True, exist_ok=True)
             image.save(dst)
         print(f"viq decompress: {src} -> {dst}")

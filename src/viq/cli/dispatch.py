@@ -1,4 +1,5 @@
-"""A tiny lazy subcommand dispatcher: ``prog <name> ...`` → ``module.main(rest)``.
+"""A tiny lazy subcommand dispatcher: ``prog <name> ...`` → ``module.main(rest)`` (or, for an
+entry ``"module:function"``, ``module.function(rest)``).
 
 Modules are imported only when their command runs, so ``viq --help`` stays fast. Every command
 runs under the error contract of `viq.cli.errors` (usage error → one line, exit 2; anything else a
@@ -22,7 +23,7 @@ def _split_debug(argv: list[str]) -> tuple[list[str], bool]:
 
 def dispatch(argv: list[str] | None, table: dict[str, tuple[str, str]], prog: str,
              about: str) -> int:
-    """Run ``table[argv[0]]`` = (module, one-line help) with the remaining arguments."""
+    """Run ``table[argv[0]]`` = ("module[:function]", help line) with the remaining arguments."""
     argv, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ("-h", "--help", "help"):
         width = max(len(k) for k in table)
@@ -38,6 +39,7 @@ def dispatch(argv: list[str] | None, table: dict[str, tuple[str, str]], prog: st
         print(f"{prog}: error: unknown command {name!r}; choose one of: {', '.join(table)}",
               file=sys.stderr)
         return 2
+    module, _, function = table[name][0].partition(":")
     with debug_mode(debug):
-        return guarded(f"{prog} {name}", lambda a: importlib.import_module(table[name][0]).main(a),
-                       rest)
+        return guarded(f"{prog} {name}", lambda a: getattr(
+            importlib.import_module(module), function or "main")(a), rest)

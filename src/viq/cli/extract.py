@@ -1,4 +1,5 @@
-"""``viq extract`` — a dataset → a code store (issue 11; docs/codes.md).
+"""``viq extract`` — a dataset → a code store (docs/codes.md): `viq.codes.extract.extract_store`'s
+steps, with its flags' usage errors.
 
 Try it with no downloads:
 
@@ -20,10 +21,9 @@ from viq.cli.errors import UsageError, command
 from viq.cli.model_args import (
     add_model_args,
     add_packed_arg,
-    check_model_args,
     image_config,
-    image_settings,
     load_model,
+    parse_model_args,
 )
 
 EPILOG = """\
@@ -78,17 +78,13 @@ def torchrun_rank() -> tuple[int, int]:
 
 
 def _num_shards(args: argparse.Namespace, source) -> int:
-    from viq.codes.store import METADATA, read_metadata
+    from viq.codes.extract import default_num_shards
 
     if args.num_shards is not None:
         if args.num_shards < 1:
             raise UsageError("--num-shards must be at least 1")
         return args.num_shards
-    if (args.out / METADATA).is_file():
-        return int(read_metadata(args.out)["num_shards"])
-    if source.kind == "tars":
-        return source.units
-    return max(1, -(-source.units // 10000))
+    return default_num_shards(args.out, source)
 
 
 def my_shards(args: argparse.Namespace, n: int) -> list[int]:
@@ -101,31 +97,11 @@ def my_shards(args: argparse.Namespace, n: int) -> list[int]:
     return [k for k in range(n) if k % world == rank]
 
 
-def _base_metadata(args, lm, source, n: int) -> dict:
-    from viq.codes.store import FORMAT, SLOTS, raw_encoding
-    from viq.fingerprint import fingerprint
-
-    settings = image_settings(args, image_config(lm.model, args))
-    data = source.identity()
-    levels = [int(v) for v in lm.model.levels]
-    k = 1
-    for v in levels:
-        k *= v
-    enc = raw_encoding(k)
-    fp = fingerprint(format=FORMAT, model={x: y for x, y in lm.identity.items() if x != "config"},
-                     settings=settings, data=data, num_shards=n, levels=levels)
-    return {"format": FORMAT, "fingerprint": fp, "model": {"id": lm.model_id, **lm.identity},
-            "settings": settings, "data": data, "num_shards": n, "levels": levels,
-            "slots": SLOTS, "codebook_size": k, "codes_encoding": enc}
-
-
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from viq.codes.extract import ExtractSettings, ExtractStats, extract_shard, timed
-    from viq.codes.sources import open_extract_source
-    from viq.codes.store import StoreError, refresh_metadata
-    from viq.codes.storewrite import ShardWriter, open_store, shard_finished
+    from viq.codes.extract import ExtractSettings, store_metadata, write_shards
+    from viq.codes.store import StoreError
+    from viq.codes.storewrite import open_store
+    from viq.data.sources import open_extract_source
 
     if args.max_tokens < 1 or args.workers < 0:
         raise UsageError("--max-tokens must be positive and --workers not negative")
@@ -135,36 +111,17 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"DATA {args.data}: {e}") from None
     n = _num_shards(args, source)
     mine = my_shards(args, n)
-    try:
-        lm = load_model(args)
-    except (ValueError, FileNotFoundError) as e:
-        raise UsageError(f"cannot build the model: {e}") from None
-    base = _base_metadata(args, lm, source, n)
+    built = load_model(args)
+    settings = ExtractSettings(image_config(built.model, args), args.center_crop,
+                               args.max_tokens, args.workers, args.bad_samples, args.packed)
+    base = store_metadata(built, source, settings, n)
     try:
         open_store(args.out, base)
     except StoreError as e:
         raise UsageError(str(e)) from None
-    settings = ExtractSettings(image_config(lm.model, args), args.center_crop, args.max_tokens,
-                               args.workers, args.bad_samples, args.packed)
-    stats = ExtractStats()
-    for k in mine:
-        if shard_finished(args.out, k, n, base["fingerprint"]):
-            stats.skipped.append(k)
-            continue
-        writer = ShardWriter(args.out, k, n, base["fingerprint"], base["codebook_size"])
-        bar = tqdm(desc=f"extract shard {k}/{n}", total=source.count(k, n), unit="sample",
-                   disable=args.quiet)
-        try:
-            rec, secs = timed(lambda w=writer, b=bar, k=k: extract_shard(
-                lm.model, source.items(k, n), w, settings, b).commit())
-        except BaseException:
-            writer.abort()
-            raise
-        finally:
-            bar.close()
-        stats.add(rec, secs)
-        refresh_metadata(args.out)
-    meta = refresh_metadata(args.out)
+    stats = write_shards(built.model, source, args.out, settings, base, mine,
+                         progress=not args.quiet)
+    meta = stats.store
     c = meta["counts"]
     print(f"viq extract: {stats.line()}")
     print(f"viq extract: store {args.out}: {c['shards_done']}/{n} shards finished, {c['rows']} "
@@ -178,7 +135,4 @@ def run(args: argparse.Namespace) -> int:
 
 @command("viq extract")
 def main(argv: list[str] | None = None) -> int:
-    p = build_parser()
-    args = p.parse_args(argv)
-    check_model_args(p, args)
-    return run(args)
+    return run(parse_model_args(build_parser(), argv))

@@ -1,4 +1,4 @@
-"""Input lists of the file-to-file commands (``viq encode``, ``viq decode``).
+"""Input lists of the file-to-file commands (``viq encode``, ``viq decode``) and their resume plan.
 
 Files, directories (searched recursively) and glob patterns become jobs (source → output path);
 outputs keep a file's sub-path below a directory given on the command line; two sources that would
@@ -6,11 +6,14 @@ write the same output stop the command before any work. Nothing found in a folde
 silently: an entry that is not an input of the command (another file type, a folder named like an
 image, a link to a folder) is counted and listed as *skipped*; one that looks like an input but
 cannot be one (a broken or looping symbolic link, a FIFO or device, an unreadable folder) as
-*failed*. The output folder itself is never searched. The end-of-run summary is shared too.
+*failed*. The output folder itself is never searched. Shared too: the parser, the resume plan
+(`plan_reuse`, docs/design.md C13) and the end-of-run summary.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import errno
 import glob
 import os
@@ -20,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from viq.cli.errors import UsageError, printable
+from viq.cli.errors import UsageError, check_device, check_out_dir, check_range, printable
 
 LISTED = 20  # skipped / redone entries listed one by one; the rest are counted
 
@@ -38,6 +41,32 @@ class Inputs:
     jobs: list[Job] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+
+
+def file_parser(prog: str, description: str, inputs: str, out: str = "output directory", *,
+                epilog: str | None = None, name: str = "inputs",
+                paths: bool = False) -> argparse.ArgumentParser:
+    """A file-to-file command's parser: its inputs (``name``, one or more; Paths with ``paths``)
+    and ``-o/--out``; an ``epilog`` is shown as written."""
+    raw = {"formatter_class": argparse.RawDescriptionHelpFormatter} if epilog else {}
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog, **raw)
+    p.add_argument(name, nargs="+", type=Path if paths else None, help=inputs)
+    p.add_argument("-o", "--out", required=True, type=Path, help=out)
+    return p
+
+
+def check_file_flags(args: argparse.Namespace):
+    """The flags a file-to-file command checks up front: ``--seed``, ``-o`` (a folder) and
+    ``--device`` (returned as a ``torch.device``); usage errors."""
+    check_range(args.seed, 0, 2**63 - 1, "--seed")
+    check_out_dir(args.out)
+    return check_device(args.device)
+
+
+def exit_status(done: str, prog: str) -> str:
+    """The epilog's last paragraph of a file-to-file command (the contract of `report`)."""
+    return (f"exit status: 0 all {done}, present or skipped, 1 some inputs failed (listed at the "
+            f"end),\n2 usage error (one line). viq --debug {prog} ... shows tracebacks.\n")
 
 
 def _broken_link(path: Path) -> str:
@@ -145,6 +174,27 @@ def expand_inputs(inputs: list[str], out: Path, *, wanted: Callable[[Path], bool
                              "directories", prog=prog)
     res.jobs = list({job.out: job for job in res.jobs}.values())
     return res
+
+
+def plan_reuse(jobs: list[Job], overwrite: bool, expected: Callable[[Job], str],
+               read: Callable[[Path], str | None]) -> tuple[list[Job], int, list[str]]:
+    """(to do, re-used, redone with the reason): an existing output is re-used only if it reads
+    back (``read``: its fingerprint) with ``expected(job)`` (an OSError there: done, and failed)."""
+    from viq.fingerprint import reuse_verdict
+
+    todo, present, redone = [], 0, []
+    for job in jobs:
+        reason = ""  # do it: new, --overwrite, or its input fails with its reason when done
+        if not overwrite and (job.out.exists() or job.out.is_symlink()):
+            with contextlib.suppress(OSError):
+                reason = reuse_verdict(job.out, expected(job), read)
+        if reason is None:
+            present += 1
+            continue
+        todo.append(job)
+        if reason:
+            redone.append(f"{printable(job.out)}: {reason}")
+    return todo, present, redone
 
 
 def _listing(label: str, lines: list[str], limit: int | None) -> None:

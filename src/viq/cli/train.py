@@ -26,6 +26,7 @@ outputs (in --out-dir):
   final/               config.json + model.safetensors (viq encode --checkpoint OUT/final) and
                        weights.safetensors (the next stage's --set stage.init_from=OUT)
   bad_samples.jsonl    samples skipped by the bad-sample policy, with the reason
+  done.json            the finish record, written last (the run's fingerprint and steps)
 
 signals: SIGTERM / SIGINT (Ctrl-C) write a checkpoint and exit 0; rerun with --resume.
 exit status: 0 done or stopped cleanly, 1 the run failed, 2 usage or config error.
@@ -33,7 +34,7 @@ exit status: 0 done or stopped cleanly, 1 the run failed, 2 usage or config erro
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from viq.train.presets import RUNS
+    from viq.presets import RUNS
 
     p = argparse.ArgumentParser(prog="viq train", description="Train one ViQ stage.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace):
     """The run's config from --config / --preset / the run folder (on --resume), + --set."""
     from viq.config import load_json, override
+    from viq.presets import get_run
     from viq.train.config import TrainConfig
-    from viq.train.presets import get_run
 
     saved = args.out_dir / "config.json" if args.out_dir is not None else None
     if args.config is not None:

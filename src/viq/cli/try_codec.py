@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from viq.cli.errors import UsageError, check_out_dir, check_range, command, printable, say
+from viq.cli.errors import check_out_dir, check_range, command, printable, say
 from viq.presets import PRESETS
 
 
@@ -55,49 +55,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_model(args: argparse.Namespace):
-    from viq.model.viq import WEIGHTS_NAME, ViQModel
+    """(model, its label): ``--weights`` is a viq checkpoint when it holds model.safetensors,
+    else published weights; without it, a random model of ``--preset``."""
+    from viq.cli.model_args import load_model
+    from viq.model.viq import WEIGHTS_NAME
 
-    if args.weights is None:
-        from viq.cli.encode import random_model
-
-        model = random_model(args.preset, args.seed, args.overrides)
-        return model, f"random {args.preset} (seed {args.seed})"
-    if (args.weights / WEIGHTS_NAME).is_file():
-        return ViQModel.from_pretrained(args.weights), str(args.weights)
-    from viq.backends.release import load_release
-
-    # straight into the demo's dtype, tensor by tensor (no fp32 copy first)
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    rw = load_release(args.weights, size=args.size, dtype=dtype)
-    return rw.model, f"{args.weights} ({rw.size or 'custom'})"
+    ckpt = args.weights is not None and (args.weights / WEIGHTS_NAME).is_file()
+    args.checkpoint = args.weights if ckpt else None
+    built = load_model(args, "the demo needs an FSQ head (drop --set head.quantizer=...)", "")
+    label = {"random": f"random {args.preset} (seed {args.seed})", "checkpoint": str(args.weights),
+             "release": f"{args.weights} ({built.source.get('size') or 'custom'})"}
+    return built.model, label[built.source["kind"]]
 
 
 @command("viq try")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from viq.codes.codesfile import save_codes
+    from viq.codes.extract import load_pixels
+    from viq.config import index_dtype
     from viq.data.bundled import bundled_photo
-    from viq.data.images import ImageError, load_image, resize_image, to_tensor
+    from viq.data.images import ImageError
 
     check_range(args.seed, 0, 2**63 - 1, "--seed")
     check_out_dir(args.out, "--out")
     path = args.image or bundled_photo()
     t0 = time.perf_counter()
+    model, model_id = _load_model(args)
     try:
-        model, model_id = _load_model(args)
-    except (ValueError, FileNotFoundError) as e:
-        raise UsageError(f"cannot build the model: {e}") from None
-    if not model.head.has_codes:
-        raise UsageError(f"head.quantizer={model.cfg.head.quantizer!r} gives no discrete codes; "
-                         "the demo needs an FSQ head (drop --set head.quantizer=...)")
-    model = model.eval().to(torch.bfloat16 if args.dtype == "bf16" else torch.float32)
-    try:
-        original = load_image(path, max_image_pixels=model.cfg.image.max_image_pixels)
+        px = load_pixels(path, model.cfg.image)
     except ImageError as e:
         say("viq try", e)
         return 1
-    img = resize_image(original, model.cfg.image)
-    pixels = to_tensor(img)
+    pixels = px.tensor
     t1 = time.perf_counter()
     with torch.no_grad():
         out = model([pixels])
@@ -107,14 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     exact = torch.equal(features.tokens, out.features.tokens)
     args.out.mkdir(parents=True, exist_ok=True)
     codes_path = save_codes(args.out / (Path(path).stem + ".codes.safetensors"), codes,
-                            source=str(path), image_size=img.size, original_size=original.size,
+                            source=str(path), image_size=px.size, original_size=px.original,
                             model_id=model_id)
     h, w = codes.grid
-    raw_bytes = img.size[0] * img.size[1] * 3
-    code_bytes = codes.codes.numel() * (2 if codes.codebook_size <= 65536 else 4)
+    raw_bytes = px.size[0] * px.size[1] * 3
+    code_bytes = codes.codes.numel() * index_dtype(codes.codebook_size).itemsize
     summary = {
-        "image": printable(path), "original_size": list(original.size),
-        "encoded_size": list(img.size),
+        "image": printable(path), "original_size": list(px.original),
+        "encoded_size": list(px.size),
         "patch_grid": [h, w], "codes_shape": list(codes.codes.shape),
         "codebook_size": codes.codebook_size, "levels": list(codes.levels),
         "distinct_codes": int(codes.codes.unique().numel()),
@@ -125,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         "codes_file": printable(codes_path),
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"image      {printable(path)} {original.size[0]}×{original.size[1]} → encoded at "
-          f"{img.size[0]}×{img.size[1]} (patch grid {h}×{w})")
+    print(f"image      {printable(path)} {px.original[0]}×{px.original[1]} → encoded at "
+          f"{px.size[0]}×{px.size[1]} (patch grid {h}×{w})")
     print(f"codes      {tuple(codes.codes.shape)} = {codes.codes.numel()} codes, codebook "
           f"{codes.codebook_size} (levels {list(codes.levels)}), "
           f"{summary['distinct_codes']} distinct")

@@ -1,10 +1,12 @@
-"""One image's codes on disk: a small safetensors file (SPEC Part C 5, 6; A3 storage).
+"""One image's codes on disk: a small safetensors file (docs/design.md C5, C6, C16; A3 storage).
 
 Format ``viq-codes/1`` (one file per image, written by ``viq encode``):
 
 - tensor ``codes``: shape (h, w, S) — the patch grid in raster order, then the S = 4 code slots of
-  each patch; dtype uint16 when the codebook has ≤ 65,536 codes (every published size), else int32.
-  Indices follow SPEC B2.3: index = Σ_k ℓ_k·basis_k, the first FSQ dimension least significant.
+  each patch; dtype `viq.config.index_dtype`: uint16 when the codebook has ≤ 65,536 codes (every
+  published size), else int32.
+  Indices follow docs/design.md B2.3: index = Σ_k ℓ_k·basis_k, the first FSQ dimension least
+  significant.
 - metadata (strings): ``format`` = "viq-codes/1", ``grid`` = "h,w", ``slots`` = "S",
   ``levels`` = "8,8,8,5,5,5", ``codebook_size`` = "64000", ``source`` (input file),
   ``image_size`` = "W,H" (pixels the encoder saw, after the resize rule), ``original_size`` =
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from viq.config import index_dtype
 from viq.model.viq import ImageCodes
 
 FORMAT = "viq-codes/1"
@@ -43,11 +46,6 @@ class CodesFile:
     original_size: tuple[int, int]
     model_id: str
     fingerprint: str | None = None
-
-
-def storage_dtype(codebook_size: int) -> torch.dtype:
-    """uint16 when every index fits (K ≤ 65,536), else int32 (Part C 5)."""
-    return torch.uint16 if codebook_size <= 65536 else torch.int32
 
 
 def _pair(text: str) -> tuple[int, int]:
@@ -87,7 +85,7 @@ def save_codes(path: str | Path, codes: ImageCodes, *, source: str, image_size: 
         meta["fingerprint"] = fingerprint
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file({"codes": c.to(torch.int32).to(storage_dtype(k)).contiguous()}, str(tmp), meta)
+    save_file({"codes": c.to(torch.int32).to(index_dtype(k)).contiguous()}, str(tmp), meta)
     os.replace(tmp, path)
     return path
 

@@ -1,15 +1,15 @@
-"""Extraction: a dataset → a code store, shard by shard (SPEC A3/A4 storage, B3.1, Part C 5-6).
+"""Codes of images and datasets: the one image→codes loop and the store writer (docs/design.md
+D1, C6, C11, C13, C17).
 
-    viq extract data/train.json --out store/ --preset tiny --random-init
-
-`extract_shard` reads one output shard's samples (`viq.codes.sources`), loads and resizes their
-images in a few threads (PIL releases the GIL while decoding), batches them by a patch budget as
-``viq encode`` does, encodes them with the model and writes one row per image
-(`viq.codes.storewrite.ShardWriter`). A sample is written whole or not at all: a missing,
-unreadable or unencodable image makes the whole sample a bad sample, recorded with its reason.
-Determinism: the units of every shard, and the order of samples and rows, depend only on the
-input and the shard count; the codes depend only on the model and the image settings (all in the
-store's fingerprint).
+`encode_items` is the loop of both ``viq encode`` and ``viq extract`` (so both write the same
+codes): items (one or more images each) → the caller's ``load`` (in threads when ``workers`` > 0;
+the image rule is `load_pixels`) → batches of at most ``max_tokens`` patches → `ViQModel.encode`
+→ per item its codes, in order; a model error retries the batch item by item.
+`extract_store` is a whole ``viq extract`` run (the demo calls it): the store's metadata and
+fingerprint (`store_metadata`), then every shard not finished yet, one row per image
+(`extract_shard`, `viq.codes.storewrite.ShardWriter`). A sample is written whole or recorded as a
+bad sample with its reason. Shards, samples and rows are ordered by the input and the shard count
+only; the codes depend only on the model and the image settings (all in the fingerprint).
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from tqdm import tqdm
 
-from viq.codes.sources import ImageInput, Item
-from viq.codes.storewrite import ShardWriter
-from viq.config import ImageConfig
+from viq.codes.store import FORMAT, METADATA, SLOTS, raw_encoding, read_metadata, refresh_metadata
+from viq.codes.storewrite import ShardWriter, open_store, shard_finished
+from viq.config import DTYPES, ImageConfig, codebook_size, to_dict
 from viq.data.images import (
     ImageError,
     load_image,
@@ -35,6 +37,10 @@ from viq.data.images import (
     to_tensor,
 )
 from viq.data.policy import BadSamplePolicy, SampleError, sample_error
+from viq.data.sources import ImageInput, Item
+from viq.fingerprint import fingerprint
+from viq.model.factory import BuiltModel, as_built
+from viq.model.viq import ImageCodes, ViQModel
 
 
 @dataclass(frozen=True)
@@ -47,15 +53,16 @@ class Pixels:
 
 
 def load_pixels(data: str | bytes | Path, cfg: ImageConfig, spec=None,
-                center_crop: int | None = None, name: str | None = None) -> Pixels:
+                center_crop: int | None = None, name: str | None = None, *,
+                label: str | None = None, fix: str = "Use a smaller --center-crop") -> Pixels:
     """Image file or bytes → `Pixels` by the model's rule (``spec``: a record's resize), or the
-    reference's centre crop (``center_crop``). Raises `ImageError`."""
+    reference's centre crop (B1.5). Raises `ImageError` (a crop too large: ``label``, ``fix``)."""
     img = load_image(data, name=name, max_image_pixels=cfg.max_image_pixels)
     if center_crop:
         try:
             resized = release_resize_and_center_crop(img, center_crop, cfg.max_image_pixels)
         except ValueError as e:
-            raise ImageError(name or "image", str(e), "Use a smaller --center-crop") from None
+            raise ImageError(label or name or "image", str(e), fix) from None
     else:
         resized = resize_image(img, cfg, spec)
     return Pixels(to_tensor(resized), resized.size, img.size)
@@ -63,12 +70,70 @@ def load_pixels(data: str | bytes | Path, cfg: ImageConfig, spec=None,
 
 @dataclass
 class Loaded:
-    """A sample with its images loaded, or the reason it is bad."""
+    """An item with its images loaded (and their patch count), or the reason it is not."""
 
-    item: Item | None
+    item: Any
     pixels: list[Pixels] = field(default_factory=list)
-    error: SampleError | None = None
+    error: Any = None
     patches: int = 0
+
+
+def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
+    """``map(fn, items)`` in order, ``workers`` threads, at most 4·workers items in flight."""
+    if workers <= 0:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for x in items:
+            pending.append(pool.submit(fn, x))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+Result = list[ImageCodes] | RuntimeError | None
+
+
+def encode_items(model, items: Iterable, load: Callable[[Any], Loaded], *, max_tokens: int,
+                 workers: int = 0, packed: bool = False,
+                 progress=None) -> Iterator[tuple[Loaded, Result]]:
+    """Per item ``(loaded, result)``: its codes (per image), the RuntimeError of its retry alone,
+    or None when ``loaded.error`` says why it was not loaded (yielded at once, before the items
+    batched ahead of it). ``progress.update(1)`` per item loaded."""
+    batch: list[Loaded] = []
+    tokens = 0
+    for s in ordered_map(load, items, workers):
+        if progress is not None:
+            progress.update(1)
+        if s.error is not None:
+            yield s, None
+            continue
+        if batch and tokens + s.patches > max_tokens:
+            yield from _encode(model, batch, packed)
+            batch, tokens = [], 0
+        batch.append(s)
+        tokens += s.patches
+    yield from _encode(model, batch, packed)
+
+
+def _encode(model, batch: list[Loaded], packed: bool) -> Iterator[tuple[Loaded, Result]]:
+    """Codes for every item of the batch; on a model error retry item by item."""
+    images = [p.tensor for s in batch for p in s.pixels]
+    try:
+        codes = model.encode(images, packed=packed) if images else []
+    except RuntimeError as e:
+        if len(batch) == 1:
+            yield batch[0], e
+            return
+        for s in batch:
+            yield from _encode(model, [s], packed)
+        return
+    i = 0
+    for s in batch:
+        yield s, codes[i:i + len(s.pixels)]
+        i += len(s.pixels)
 
 
 def _load_item(entry: Item | SampleError, cfg: ImageConfig, center_crop: int | None,
@@ -93,21 +158,6 @@ def _label(item: Item, im: ImageInput) -> str:
     return im.name if im.name == item.sample_id else f"{item.sample_id}:{im.name}"
 
 
-def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
-    """``map(fn, items)`` in order, ``workers`` threads, at most 4·workers items in flight."""
-    if workers <= 0:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        pending: deque = deque()
-        for x in items:
-            pending.append(pool.submit(fn, x))
-            if len(pending) >= 4 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
 @dataclass(frozen=True)
 class ExtractSettings:
     """What decides the codes (``image``, ``center_crop``) and how work is batched."""
@@ -120,27 +170,6 @@ class ExtractSettings:
     packed: bool = False  # one forward per batch (ViQModel.encode)
 
 
-def _encode(model, batch: list[Loaded], policy: BadSamplePolicy,
-            packed: bool = False) -> list[tuple[Loaded, list]]:
-    """Codes for every sample of the batch; on a model error retry sample by sample."""
-    images = [p.tensor for s in batch for p in s.pixels]
-    try:
-        codes = model.encode(images, packed=packed) if images else []
-    except RuntimeError as e:
-        if len(batch) == 1:
-            it = batch[0].item
-            policy.handle(sample_error("unreadable_image", it.sample_id, it.source,
-                                       f"encoding failed ({e})"))
-            return []
-        return [r for s in batch for r in _encode(model, [s], policy, packed)]
-    out, i = [], 0
-    for s in batch:
-        n = len(s.pixels)
-        out.append((s, codes[i:i + n]))
-        i += n
-    return out
-
-
 def extract_shard(model, items: Iterable[Item | SampleError], writer: ShardWriter,
                   settings: ExtractSettings, progress=None) -> ShardWriter:
     """Encode one shard's samples into ``writer`` (committed by the caller). Bad samples follow
@@ -148,33 +177,20 @@ def extract_shard(model, items: Iterable[Item | SampleError], writer: ShardWrite
     policy = BadSamplePolicy(settings.bad_samples)
     patch = model.cfg.encoder.patch_size
     levels = tuple(model.levels)
-
-    def flush(batch: list[Loaded]) -> None:
-        for s, codes in _encode(model, batch, policy, settings.packed):
-            it = s.item
+    load = lambda e: _load_item(e, settings.image, settings.center_crop, patch)  # noqa: E731
+    for s, codes in encode_items(model, items, load, max_tokens=settings.max_tokens,
+                                 workers=settings.workers, packed=settings.packed,
+                                 progress=progress):
+        it = s.item
+        if isinstance(codes, list):
             writer.add_sample(it.sample_id, it.source, it.text,
                               [(c.codes, p.size, p.original)
                                for c, p in zip(codes, s.pixels, strict=True)], levels)
-        for b in policy.records:
-            writer.add_bad(b)
-        policy.records.clear()
-
-    batch: list[Loaded] = []
-    tokens = 0
-    load = lambda e: _load_item(e, settings.image, settings.center_crop, patch)  # noqa: E731
-    for s in ordered_map(load, items, settings.workers):
-        if progress is not None:
-            progress.update(1)
-        if s.error is not None:
-            writer.add_bad(policy.handle(s.error))  # raises under bad_samples="fail"
-            policy.records.clear()
             continue
-        if batch and tokens + s.patches > settings.max_tokens:
-            flush(batch)
-            batch, tokens = [], 0
-        batch.append(s)
-        tokens += s.patches
-    flush(batch)
+        err = s.error if codes is None else sample_error(
+            "unreadable_image", it.sample_id, it.source, f"encoding failed ({codes})")
+        writer.add_bad(policy.handle(err))  # raises under bad_samples="fail"
+        policy.records.clear()
     return writer
 
 
@@ -189,6 +205,7 @@ class ExtractStats:
     codes: int = 0
     bad: int = 0
     seconds: float = 0.0
+    store: dict = field(default_factory=dict)  # the store's metadata after the run
 
     def add(self, record: dict, seconds: float) -> None:
         self.written.append(int(record["index"]))
@@ -206,7 +223,69 @@ class ExtractStats:
                 f"{self.codes / max(self.seconds, 1e-9):,.0f} codes/s)")
 
 
-def timed(fn: Callable[[], dict]) -> tuple[dict, float]:
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
+def default_num_shards(store: Path, source) -> int:
+    """The store's shard count, else one shard per input tar, else one per 10,000 samples."""
+    if (Path(store) / METADATA).is_file():
+        return int(read_metadata(store)["num_shards"])
+    if source.kind == "tars":
+        return source.units
+    return max(1, -(-source.units // 10000))
+
+
+def store_metadata(built: BuiltModel, source, settings: ExtractSettings, num_shards: int) -> dict:
+    """A store's metadata before its shards (C13, C17): the fingerprint covers the model (its config
+    by hash), the settings that decide the codes, the input and the shard count."""
+    model = built.model
+    image = {"image": to_dict(settings.image), "center_crop": settings.center_crop,
+             "dtype": {v: k for k, v in DTYPES.items()}[model.dtype],
+             # "packed" is absent unless set: a per-image store's fingerprint omits it (C13)
+             **({"packed": True} if settings.packed else {})}
+    data = source.identity()
+    levels = [int(v) for v in model.levels]
+    k = codebook_size(levels)
+    ident = built.identity
+    fp = fingerprint(format=FORMAT, model={x: y for x, y in ident.items() if x != "config"},
+                     settings=image, data=data, num_shards=num_shards, levels=levels)
+    return {"format": FORMAT, "fingerprint": fp, "model": {"id": built.model_id, **ident},
+            "settings": image, "data": data, "num_shards": num_shards, "levels": levels,
+            "slots": SLOTS, "codebook_size": k, "codes_encoding": raw_encoding(k)}
+
+
+def extract_store(model: ViQModel | BuiltModel, source, out: str | Path,
+                  settings: ExtractSettings | None = None, *, shards: Iterable[int] | None = None,
+                  num_shards: int | None = None, progress: bool = False) -> ExtractStats:
+    """``source`` (a `viq.data.sources.Source`) → the store ``out`` by ``model`` (`build_model`'s,
+    or one made here): ``shards`` (default all) of ``num_shards`` (`default_num_shards`); finished
+    shards are skipped. `StoreError` when ``out`` holds another model's or settings' codes."""
+    built = as_built(model)
+    settings = settings or ExtractSettings(built.model.cfg.image)
+    n = num_shards or default_num_shards(Path(out), source)
+    base = store_metadata(built, source, settings, n)
+    open_store(Path(out), base)
+    return write_shards(built.model, source, out, settings, base, shards, progress)
+
+
+def write_shards(model, source, out: str | Path, settings: ExtractSettings, base: dict,
+                 shards: Iterable[int] | None = None, progress: bool = False) -> ExtractStats:
+    """The shards (default: all) of a store opened with ``base`` (`store_metadata`)."""
+    out, n, fp = Path(out), base["num_shards"], base["fingerprint"]
+    stats = ExtractStats()
+    for k in range(n) if shards is None else shards:
+        if shard_finished(out, k, n, fp):
+            stats.skipped.append(k)
+            continue
+        writer = ShardWriter(out, k, n, fp, base["codebook_size"])
+        bar = tqdm(desc=f"extract shard {k}/{n}", total=source.count(k, n), unit="sample",
+                   disable=not progress)
+        t = time.perf_counter()
+        try:
+            rec = extract_shard(model, source.items(k, n), writer, settings, bar).commit()
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            bar.close()
+        stats.add(rec, time.perf_counter() - t)
+        refresh_metadata(out)
+    stats.store = refresh_metadata(out)
+    return stats

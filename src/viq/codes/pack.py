@@ -1,4 +1,5 @@
-"""Lossless entropy packing of one image's FSQ codes (SPEC A3 storage, B2.3 index math, Part C 5-6).
+"""Lossless entropy packing of one image's FSQ codes (docs/design.md A3 storage, B2.3 index math,
+C5-6).
 
 A packed blob is one method byte followed by the method's payload; the grid (h, w), the slot count
 S and the FSQ levels travel beside it (the ``.viqz`` header, `viq.codes.packfile`, or the store's
@@ -10,9 +11,9 @@ columns), so nothing about the codes is repeated per blob:
 - ``fsq`` (2): a context-adaptive model over the FSQ digits, coded with `constriction`'s range
   coder (an existing, exactly invertible entropy coder; no coder is written here). Each index is
   split into its digits ℓ_k = (idx // basis_k) mod L_k (first FSQ dimension least significant,
-  SPEC B2.3). Digit k of slot j is coded with a categorical distribution chosen by (j, k, the same
-  digit of the previous slot — slot j-1 of the same patch, or slot 0 of the patch above for j = 0
-  —, digit k-1 of the same code). The distributions start uniform (Krichevsky-Trofimov counts,
+  docs/design.md B2.3). Digit k of slot j is coded with a categorical distribution chosen by (j, k,
+  the same digit of the previous slot — slot j-1 of the same patch, or slot 0 of the patch above for
+  j = 0 —, digit k-1 of the same code). The distributions start uniform (Krichevsky-Trofimov counts,
   α = ½) and learn from each patch row once the row is coded, so decoding is one vectorised call
   per (row, slot, digit). No table is stored: the model is learned identically by both sides.
 - ``auto`` (packing only): tries ``fsq`` and ``zstd`` (and ``raw``) and keeps the smallest.
@@ -30,6 +31,8 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+
+from viq.config import codebook_size, index_dtype
 
 METHODS = ("auto", "fsq", "zstd", "raw")
 _IDS = {"raw": 0, "zstd": 1, "fsq": 2}
@@ -49,16 +52,16 @@ class Layout:
 
     @property
     def codebook_size(self) -> int:
-        return int(np.prod(self.levels, dtype=np.int64))
+        return codebook_size(self.levels)
 
     @property
     def count(self) -> int:
         return self.grid[0] * self.grid[1] * self.slots
 
 
-def raw_dtype(codebook_size: int) -> np.dtype:
-    """uint16 little-endian when every index fits (K ≤ 65,536), else int32 (Part C 5)."""
-    return np.dtype("<u2") if codebook_size <= 65536 else np.dtype("<i4")
+def raw_dtype(size: int) -> np.dtype:
+    """The stored-index dtype (`viq.config.index_dtype`, docs/design.md C5), little-endian."""
+    return np.dtype("<u2") if index_dtype(size).itemsize == 2 else np.dtype("<i4")
 
 
 def codes_crc32(codes: np.ndarray) -> int:
@@ -72,7 +75,7 @@ def _check(codes: np.ndarray, levels: tuple[int, ...]) -> np.ndarray:
         raise ValueError(f"pack: codes must be (h, w, slots), got shape {codes.shape}")
     if not np.issubdtype(codes.dtype, np.integer):
         raise ValueError(f"pack: codes must be integers, got {codes.dtype}")
-    k = int(np.prod(levels, dtype=np.int64))
+    k = codebook_size(levels)
     if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= k):
         raise ValueError(f"pack: codes outside [0, {k}) for levels {list(levels)}")
     return codes.astype(np.int64, copy=False)
@@ -90,7 +93,8 @@ def fsq_supported(levels: tuple[int, ...], slots: int) -> bool:
 
 
 def to_digits(codes: np.ndarray, levels: tuple[int, ...]) -> np.ndarray:
-    """(..., ) indices → (..., d) FSQ digits, first dimension least significant (SPEC B2.3)."""
+    """(..., ) indices → (..., d) FSQ digits, first dimension least significant (docs/design.md
+    B2.3)."""
     lv = np.asarray(levels, dtype=np.int64)
     basis = np.cumprod(np.concatenate([[1], lv[:-1]]))
     return (codes[..., None] // basis) % lv
@@ -171,7 +175,7 @@ def pack_all(codes: np.ndarray, levels: tuple[int, ...]) -> dict[str, bytes]:
     """Every applicable method's blob for one image's (h, w, S) codes."""
     levels = tuple(int(v) for v in levels)
     codes = _check(codes, levels)
-    raw = codes.astype(raw_dtype(int(np.prod(levels, dtype=np.int64)))).tobytes()
+    raw = codes.astype(raw_dtype(codebook_size(levels))).tobytes()
     import zstandard
 
     out = {"raw": bytes([_IDS["raw"]]) + raw,
@@ -189,7 +193,7 @@ def pack_codes(codes, levels: tuple[int, ...], method: str = "auto") -> bytes:
     levels = tuple(int(v) for v in levels)
     if method == "raw":
         c = _check(codes, levels)
-        return bytes([_IDS["raw"]]) + c.astype(raw_dtype(int(np.prod(levels)))).tobytes()
+        return bytes([_IDS["raw"]]) + c.astype(raw_dtype(codebook_size(levels))).tobytes()
     if method == "fsq" and not fsq_supported(levels, np.shape(codes)[-1]):
         raise ValueError(f"pack: levels {list(levels)} make the fsq context tables too large; "
                          "use --method zstd")

@@ -4,7 +4,7 @@ Format ``viq-packed/1`` (all integers little-endian)::
 
     b"VIQZ"  u8 version = 1  u32 header_bytes  header (UTF-8 JSON)  blob
 
-The header holds what a codes file's metadata holds (SPEC Part C 6: ``grid`` [h, w], ``slots``,
+The header holds what a codes file's metadata holds (docs/design.md C6: ``grid`` [h, w], ``slots``,
 ``levels``, ``source``, ``image_size`` [W, H], ``original_size`` [W, H], ``model_id``) plus
 ``crc32`` of the codes (as int32 little-endian), which `load_packed` checks after decoding, so a
 damaged file is reported instead of decoding to wrong codes. The blob is `viq.codes.pack`'s: one

@@ -1,4 +1,4 @@
-"""The code store: a dataset's images as ViQ codes, in Parquet (SPEC A3 storage, A4, Part C 5-6).
+"""The code store: a dataset's images as ViQ codes, in Parquet (docs/design.md A3, A4, C5-6).
 
 Written by ``viq extract`` (`viq.codes.extract`), checked by ``viq codes verify``
 (`viq.codes.verify`), read here by `CodeStore` or by any Parquet reader (pandas, DuckDB,
@@ -20,8 +20,8 @@ image_index    int32             0-based index of the image within its sample
 num_images     int32             images in the sample (0: a text-only sample, one row, no codes)
 h, w           int32             the patch grid
 levels         list<int32>       FSQ levels (index = Σ ℓ_k·basis_k, first dimension least
-                                 significant, SPEC B2.3)
-codes          binary            h·w·4 indices, patch raster order then slot (Part C 6), as
+                                 significant, docs/design.md B2.3)
+codes          binary            h·w·4 indices, patch raster order then slot (C6), as
                                  uint16 little-endian (int32 LE when the codebook > 65,536);
                                  ``codes_encoding: viq-pack/1`` stores `viq.codes.pack` blobs
 image_size     list<int32>       [W, H] pixels the encoder saw
@@ -41,7 +41,6 @@ import bisect
 import contextlib
 import fcntl
 import json
-import os
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ import numpy as np
 import torch
 
 from viq.codes.pack import Layout, raw_dtype, unpack_codes
+from viq.fingerprint import write_json_atomic
 from viq.model.viq import ImageCodes
 
 FORMAT = "viq-store/1"
@@ -136,13 +136,6 @@ def locked(store: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write (temporary file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def read_metadata(store: str | Path) -> dict:
     path = Path(store) / METADATA
     if not path.is_file():
@@ -197,7 +190,7 @@ def refresh_metadata(store: str | Path) -> dict:
     with locked(store):
         meta = read_metadata(store)
         meta = summarise(meta, read_records(store, int(meta["num_shards"])))
-        write_json(store / METADATA, meta)
+        write_json_atomic(store / METADATA, meta)
     return meta
 
 
@@ -250,7 +243,7 @@ class CodeStore:
     """Read a code store: ``len``, ``store[row]``, iteration, shards, samples by id.
 
     Random access reads (and caches ``cache`` of) whole Parquet row groups; training should read
-    shard by shard (`shard_samples`, e.g. over `viq.data.shards.consumer_plan` with the shards as
+    shard by shard (`shard_samples`, e.g. over `viq.data.sources.consumer_plan` with the shards as
     units; `shard_sample_counts` gives their sizes without reading them). ``partial=True`` opens a
     store whose extraction is unfinished (only finished shards are read).
     """

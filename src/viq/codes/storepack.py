@@ -24,10 +24,10 @@ from viq.codes.store import (
     raw_encoding,
     shard_paths,
     summarise,
-    write_json,
 )
 from viq.codes.storewrite import ROW_GROUP
-from viq.fingerprint import file_sha256
+from viq.config import codebook_size
+from viq.fingerprint import file_sha256, write_json_atomic
 
 
 @dataclass
@@ -51,9 +51,7 @@ def _convert_table(table, levels: tuple[int, ...], enc_in: str, enc_out: str, me
     from viq.codes.pack import method_of
 
     out = []
-    k = 1
-    for v in levels:
-        k *= v
+    k = codebook_size(levels)
     blobs, hs, ws = (table.column(c).to_pylist() for c in ("codes", "h", "w"))
     for blob, h, w in zip(blobs, hs, ws, strict=True):
         codes = codes_from_bytes(blob, (h, w), levels, enc_in)
@@ -98,7 +96,7 @@ def convert_store(src: str | Path, dst: str | Path, *, pack: bool, method: str =
         pq.write_table(table, data, row_group_size=ROW_GROUP, compression="zstd")
         shutil.copyfile(shard_paths(store.path, k, n)[2], bad)
         records[k] = {**rec, "sha256": file_sha256(data), "bad_sha256": file_sha256(bad)}
-        write_json(record, records[k])
+        write_json_atomic(record, records[k])
         if progress is not None:
             progress.update(1)
     new_meta = {**meta, "codes_encoding": target}
@@ -107,5 +105,5 @@ def convert_store(src: str | Path, dst: str | Path, *, pack: bool, method: str =
                                "methods": dict(totals.methods)}
     else:
         new_meta.pop("packing", None)
-    write_json(dst / METADATA, summarise(new_meta, records))
+    write_json_atomic(dst / METADATA, summarise(new_meta, records))
     return totals

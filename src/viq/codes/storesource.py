@@ -1,38 +1,34 @@
-"""Training from stored codes: a code store as a source of the training data loader (SPEC A4).
+"""The stored-codes source: a code store read as training samples (docs/design.md A4, C17).
 
-`StoreSource` has the contract of `viq.data.loader`'s sources (``kind``, ``sizes``,
-``get(unit, i) -> (Sample, image_of)``): units are the store's shards, a sample is the stored
-LLaVA record (its conversation) and ``image_of`` returns the image's stored `ImageCodes` instead
-of a file. `viq.data.loader.prepare` then keeps the codes (h, w, 4) in the batch in place of
-pixels, and a stage with ``features="codes"`` embeds them (`viq.model.viq.ViQModel.embed`: the
-decode half of the head, no encoder) — so an MLLM trains with no vision encoder in the process.
-The store must have been extracted from a dataset (rows carry their record's text).
+`StoreSource` implements `viq.data.sources.Source`: units are the store's shards, a sample is the
+stored LLaVA record and its images are the stored `ImageCodes` (named ``codes:<j>``) instead of
+files. `viq.data.loader.prepare` keeps the codes (h, w, 4) in the batch in place of pixels, and a
+stage with ``features="codes"`` embeds them (`viq.model.viq.ViQModel.embed`: no encoder) — so an
+MLLM trains with no vision encoder in the process. The store must have been extracted from a
+dataset (rows carry their record's text). `is_store` tells a store from a dataset.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from viq.data.llava import Sample, parse_sample
-from viq.data.policy import sample_error
-
-CODES_PREFIX = "codes:"
+from viq.data.llava import parse_sample
+from viq.data.policy import SampleError, sample_error
+from viq.data.sources import ImageInput, Item, Source, item_or_error
 
 
 def is_store(path: str | Path) -> bool:
     """A folder holding a code store's ``metadata.json``."""
-    meta = Path(path) / "metadata.json"
-    if not meta.is_file():
-        return False
     try:
-        return str(json.loads(meta.read_text()).get("format", "")).startswith("viq-store/")
-    except (OSError, json.JSONDecodeError):
+        meta = json.loads((Path(path) / "metadata.json").read_text())
+        return str(meta.get("format", "")).startswith("viq-store/")
+    except (OSError, ValueError, AttributeError):  # none, unreadable, not JSON, not a dict
         return False
 
 
-class StoreSource:
+class StoreSource(Source):
     """A code store as training samples (conversation + stored codes per image)."""
 
     kind = "store"
@@ -43,36 +39,32 @@ class StoreSource:
         self.store = CodeStore(path)
         self.path = Path(path)
         self.sizes = self.store.shard_sample_counts
-        self._cache: tuple[int, list] | None = None
 
-    @property
-    def levels(self) -> tuple[int, ...]:
-        return self.store.levels
+    def identity(self) -> dict:
+        return {"kind": self.kind, "fingerprint": self.store.meta["fingerprint"],
+                "samples": sum(self.sizes)}
 
-    def get(self, u: int, i: int) -> tuple[Sample, Any]:
-        if self._cache is None or self._cache[0] != u:
-            self._cache = (u, self.store.shard_samples(u))
-        stored = self._cache[1][i]
+    def read(self, u: int) -> Iterator[Item | SampleError]:
+        for stored in self.store.shard_samples(u):
+            yield item_or_error(self._item, stored)
+
+    def _item(self, stored) -> Item:
         source = f"{self.path}:{stored.source}"
         raw = stored.sample
         if not isinstance(raw, dict) or "conversations" not in raw:
             raise sample_error("malformed", stored.sample_id, source,
                                "the store row carries no LLaVA record (extract the store from "
                                "a dataset file, not an image folder)")
-        names: dict[str, Any] = {}
         order = iter(range(len(stored.images)))
 
         def locate(_path: str) -> str:  # the j-th image entry of the record ↔ the j-th row
-            j = next(order)
-            names[f"{CODES_PREFIX}{j}"] = stored.images[j].image_codes
-            return f"{CODES_PREFIX}{j}"
+            j = next(order, None)
+            if j is None:
+                raise sample_error("image_count_mismatch", stored.sample_id, source,
+                                   "the record names more images than the store holds")
+            return f"codes:{j}"
 
-        try:
-            sample = parse_sample(raw, stored.sample_id, source, locate)
-        except StopIteration:
-            raise sample_error("image_count_mismatch", stored.sample_id, source,
-                               "the record names more images than the store holds") from None
-        return sample, names.get
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_cache": None}
+        s = parse_sample(raw, stored.sample_id, source, locate)
+        return Item(stored.sample_id, source, stored.text,
+                    tuple(ImageInput(r.location, stored.images[j].image_codes, r.resize)
+                          for j, r in enumerate(s.images)), s)

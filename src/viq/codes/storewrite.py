@@ -29,10 +29,9 @@ from viq.codes.store import (
     schema,
     shard_paths,
     summarise,
-    write_json,
 )
 from viq.data.policy import BadSample
-from viq.fingerprint import file_sha256
+from viq.fingerprint import file_sha256, write_json_atomic
 
 ROW_GROUP = 256  # rows per Parquet row group (the unit of random access)
 
@@ -51,7 +50,7 @@ def open_store(store: Path, base: dict) -> dict:
     with locked(store):
         if not (store / METADATA).is_file():
             meta = summarise({**base, "format": FORMAT}, {})
-            write_json(store / METADATA, meta)
+            write_json_atomic(store / METADATA, meta)
             return meta
         meta = read_metadata(store)
         if meta.get("fingerprint") != base["fingerprint"]:
@@ -153,5 +152,5 @@ class ShardWriter:
                "fingerprint": self.fingerprint, "file": data.name, **dict(self.counts),
                "bad": len(self.bad), "bad_reasons": dict(Counter(b.reason for b in self.bad)),
                "sha256": file_sha256(data), "bad_file": bad.name, "bad_sha256": file_sha256(bad)}
-        write_json(record, rec)
+        write_json_atomic(record, rec)
         return rec

@@ -1,10 +1,10 @@
 """Chat template, tokenization with answer-only labels, image slots, and sample packing.
 
-Template (SPEC B7.2): the tokenizer's own chat template when it has one, else the release's ChatML
-prompt ``<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n`` followed by
-``<|im_start|>{user|assistant}\\n{text}<|im_end|>\\n`` per message.
+Template (docs/design.md B7.2): the tokenizer's own chat template when it has one, else the
+release's ChatML prompt ``<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n`` followed
+by ``<|im_start|>{user|assistant}\\n{text}<|im_end|>\\n`` per message.
 
-Labels (Part C 7): only the answer tokens and the end-of-turn token that closes each answer (e.g.
+Labels (C7): only the answer tokens and the end-of-turn token that closes each answer (e.g.
 ``<|im_end|>``) are supervised. The release's "−2" quirk (also supervising ``assistant`` and ``\\n``
 of the assistant header, and the trailing ``\\n``) is **not** copied.
 
@@ -129,8 +129,8 @@ def tokenize_sample(tokenizer, sample: Sample, system: str | None = SYSTEM_PROMP
 
 
 def image_token_count(grid: tuple[int, int]) -> int:
-    """LLM tokens of one image after the 2×2 pooled projector (SPEC B3.2): (h/2)·(w/2 + 1) + 2.
-    Odd grids are padded to even (Part C 3)."""
+    """LLM tokens of one image after the 2×2 pooled projector (docs/design.md B3.2): (h/2)·(w/2 + 1)
+    + 2. Odd grids are padded to even (C3)."""
     h, w = (grid[0] + 1) // 2, (grid[1] + 1) // 2
     return h * (w + 1) + 2
 

@@ -1,7 +1,7 @@
 """Safe image input: decode any image file to RGB, pick its encoder size, make the pixel tensor.
 
-Implements SPEC B1.5 (the release's preprocessing: RGB, the ``"<base>x<align>"`` area rule, the
-``[W, H]`` list form, BILINEAR resize, x/255 then (x − 0.5)/0.5) and Part C 3 (``min_pixels`` /
+Implements docs/design.md B1.5 (the release's preprocessing: RGB, the ``"<base>x<align>"`` area
+rule, the ``[W, H]`` list form, BILINEAR resize, x/255 then (x − 0.5)/0.5) and C3 (``min_pixels`` /
 ``max_pixels`` budgets, 32-px default alignment so patch grids are even). The rules, with worked
 examples, are in docs/images.md. `load_for_release_inference` reproduces the release's inference
 preprocessing instead (short side → 1024 BICUBIC, centred square crop).
@@ -322,7 +322,7 @@ def target_size(width: int, height: int, cfg: ImageConfig,
     if rule.kind == "native":
         w, h = _floor_align(width, a), _floor_align(height, a)
     elif rule.kind == "area":
-        # SPEC B1.5, same float operation order as the release.
+        # docs/design.md B1.5, same float operation order as the release.
         scale = math.sqrt(rule.base**2 / (width * height))
         w = max(math.floor(width * scale / a) * a, a)
         h = max(math.floor(height * scale / a) * a, a)
@@ -351,7 +351,7 @@ def resize_image(img: Image.Image, cfg: ImageConfig,
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB image → float32 (3, H, W) in [-1, 1]: x/255, then (x − 0.5)/0.5 (SPEC B1.5)."""
+    """RGB image → float32 (3, H, W) in [-1, 1]: x/255, then (x − 0.5)/0.5 (docs/design.md B1.5)."""
     if img.mode != "RGB":
         raise ValueError(f"to_tensor expects an RGB image, got mode {img.mode!r}; "
                          "use load_image, which converts every mode to RGB")

@@ -1,4 +1,4 @@
-"""LLaVA-format conversations: the release's JSON / JSONL data files (SPEC B7.1, Part C 7).
+"""LLaVA-format conversations: the release's JSON / JSONL data files (docs/design.md B7.1, C7).
 
 A record::
 
@@ -12,7 +12,7 @@ Rules (release-compatible): ``image`` may be a list of dicts or one dict (also, 
 files, a path string or a list of strings); ``<image>`` placeholders in human turns are consumed by
 the images in order and their count must equal the image count; ``<|endoftext|>`` is stripped from
 every value; a first non-human turn is dropped. A record without images is text-only and gets
-**no dummy image** (Part C 7, unlike the release's 224² zero image).
+**no dummy image** (C7, unlike the release's 224² zero image).
 
 Departures: image paths are resolved relative to the dataset file's folder (or an explicit image
 root) and must stay inside it — an absolute path or a ``..`` (or symlink) that leaves the root is
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,8 +39,7 @@ Resize = str | tuple[int, int] | None
 
 @dataclass(frozen=True)
 class ImageRef:
-    """Where an image lives (a file path, or a member name inside a tar shard) and its resize
-    rule."""
+    """Where an image lives (a file path, a shard member, ``codes:<j>``) and its resize rule."""
 
     location: str
     resize: Resize = None
@@ -68,8 +67,7 @@ class Sample:
 
 @dataclass(frozen=True)
 class RawRecord:
-    """One record as read from a file, before parsing (``raw`` is None when it was not valid
-    JSON)."""
+    """One record as read from a file, before parsing (``raw``: None when it was not JSON)."""
 
     key: str
     source: str
@@ -84,8 +82,7 @@ def inside_root(path: str | Path, root: str | Path) -> bool:
 
 
 def resolve_image_path(img_path: str, root: Path, key: str, source: str) -> str:
-    """Resolve ``img_path`` against ``root``; reject anything that leaves ``root`` (security
-    rule)."""
+    """Resolve ``img_path`` against ``root``; refuse anything that leaves ``root`` (C25)."""
     if not img_path or "\x00" in img_path:
         raise sample_error("malformed", key, source, f"image path {img_path!r} is empty or invalid")
     path = Path(img_path) if os.path.isabs(img_path) else root / img_path
@@ -218,35 +215,25 @@ def _key(raw: Any, stem: str, n: int) -> str:
     return f"{stem}:{n}"
 
 
-def file_locator(dataset_file: str | Path, image_root: str | Path | None,
-                 key: str, source: str) -> Callable[[str], str]:
-    """Paths relative to ``image_root`` if given, else to the dataset file's folder; never
-    outside."""
-    root = Path(image_root) if image_root is not None else Path(dataset_file).resolve().parent
-    return lambda p: resolve_image_path(p, root, key, source)
-
-
 def parse_record(rec: RawRecord, dataset_file: str | Path,
                  image_root: str | Path | None = None) -> Sample:
-    """Parse a `RawRecord` of a JSON/JSONL file (raises `SampleError`)."""
+    """Parse a `RawRecord` of a JSON/JSONL file (raises `SampleError`); image paths are relative to
+    ``image_root`` if given, else to the dataset file's folder, and never outside it."""
     if rec.raw is None:
         raise sample_error("malformed", rec.key, rec.source, rec.error or "unreadable record")
-    locate = file_locator(dataset_file, image_root, rec.key, rec.source)
-    return parse_sample(rec.raw, rec.key, rec.source, locate)
-
-
-def iter_llava(path: str | Path, *, image_root: str | Path | None = None,
-               policy: BadSamplePolicy | None = None) -> Iterator[Sample]:
-    """Parsed samples of a dataset file; bad records go to ``policy`` (default: fail)."""
-    policy = policy or BadSamplePolicy("fail")
-    for rec in read_records(path):
-        try:
-            yield parse_record(rec, path, image_root)
-        except SampleError as e:
-            policy.handle(e)
+    root = Path(image_root) if image_root is not None else Path(dataset_file).resolve().parent
+    return parse_sample(rec.raw, rec.key, rec.source,
+                        lambda p: resolve_image_path(p, root, rec.key, rec.source))
 
 
 def load_llava(path: str | Path, *, image_root: str | Path | None = None,
                policy: BadSamplePolicy | None = None) -> list[Sample]:
-    """All parsed samples of a dataset file (see `iter_llava`)."""
-    return list(iter_llava(path, image_root=image_root, policy=policy))
+    """All parsed samples of a dataset file; bad records go to ``policy`` (default: fail)."""
+    policy = policy or BadSamplePolicy("fail")
+    out = []
+    for rec in read_records(path):
+        try:
+            out.append(parse_record(rec, path, image_root))
+        except SampleError as e:
+            policy.handle(e)
+    return out

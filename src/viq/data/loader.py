@@ -1,12 +1,13 @@
 """Training input: samples → images + packed token rows, split over ranks and workers, resumable.
 
-`PackedDataset` (a torch `IterableDataset`) reads a `JsonSource` (LLaVA ``.json``/``.jsonl``) or a
-`ShardSource` (tar shards), follows the `viq.data.shards.consumer_plan` of its consumer (rank ×
-loader worker), loads and resizes each image (`viq.data.images`), tokenizes the conversation
-(`viq.data.chat`), expands every ``<image>`` to its LLM block length, and packs samples in order
-into ``rows`` rows of ``max_tokens``. It yields ready `Batch` objects (so the DataLoader runs with
-``batch_size=None``). Each batch carries its consumer's position after it, and the bad samples met
-while building it.
+`PackedDataset` (a torch `IterableDataset`) reads any `viq.data.sources.Source` through its
+training view ``get(unit, i)`` (`open_source`: a LLaVA ``.json``/``.jsonl`` file or tar shards; a
+code store comes from `viq.train.data`), follows the `viq.data.sources.consumer_plan` of its
+consumer (rank × loader worker; docs/design.md C22), loads and resizes each image
+(`viq.data.images`), tokenizes the conversation (`viq.data.chat`), expands every ``<image>`` to its
+LLM block length, and packs samples in order into ``rows`` rows of ``max_tokens``. It yields ready
+`Batch` objects (so the DataLoader runs with ``batch_size=None``). Each batch carries its
+consumer's position after it, and the bad samples met while building it.
 
 `DataStream` wraps the DataLoader in the training process: it records the position of every batch it
 hands out (``state_dict`` / ``load_state_dict``: resume with no repeats and no gaps, for the same
@@ -25,7 +26,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from viq.config import ImageConfig
+from viq.config import ImageConfig, check
 from viq.data.chat import (
     SYSTEM_PROMPT,
     TokenBatch,
@@ -37,19 +38,10 @@ from viq.data.chat import (
     tokenize_sample,
 )
 from viq.data.images import ImageError, load_for_encoder
-from viq.data.llava import Sample, parse_record, parse_sample, read_records
+from viq.data.llava import Sample
 from viq.data.policy import BadSample, BadSamplePolicy, SampleError, sample_error
-from viq.data.shards import (
-    MAX_MEMBER_BYTES,
-    MAX_SHARD_BYTES,
-    MAX_SHARD_MEMBERS,
-    ShardError,
-    ShardRecord,
-    consumer_plan,
-    list_shards,
-    read_shard,
-    shard_locator,
-)
+from viq.data.shards import MAX_MEMBER_BYTES, MAX_SHARD_BYTES, MAX_SHARD_MEMBERS
+from viq.data.sources import JsonSource, Source, TarSource, consumer_plan
 
 
 @dataclass(frozen=True)
@@ -69,82 +61,25 @@ class DataConfig:
     max_shard_members: int = MAX_SHARD_MEMBERS
 
     def __post_init__(self) -> None:
-        if min(self.max_member_bytes, self.max_shard_bytes, self.max_shard_members) < 1:
-            raise ValueError("config field 'data.max_member_bytes/max_shard_bytes/"
-                             "max_shard_members': must be positive")
-        if self.max_tokens < 8 or self.rows < 1 or self.json_unit < 1:
-            raise ValueError("config field 'data.max_tokens/rows/json_unit': must be >= 8 / 1 / 1")
-        if self.bad_samples not in ("skip", "fail"):
-            raise ValueError(f"config field 'data.bad_samples': {self.bad_samples!r} is not "
-                             "'skip' or 'fail'")
-
-
-# ----------------------------------------------------------------------------------------------
-# Sources: sizes of units + (unit, index) → (sample, image getter)
-# ----------------------------------------------------------------------------------------------
-
-
-class JsonSource:
-    """A LLaVA ``.json`` / ``.jsonl`` file, cut into units of ``unit`` records for shuffling."""
-
-    kind = "json"
-
-    def __init__(self, path: str | Path, image_root: str | Path | None = None, unit: int = 256):
-        self.path, self.image_root, self.unit = Path(path), image_root, unit
-        self.records = read_records(path)
-        n = len(self.records)
-        self.sizes = [min(unit, n - s) for s in range(0, n, unit)]
-
-    def get(self, u: int, i: int) -> tuple[Sample, Any]:
-        rec = self.records[u * self.unit + i]
-        return parse_record(rec, self.path, self.image_root), lambda loc: loc
-
-
-class ShardSource:
-    """A folder of tar shards (with ``index.json``) or one ``.tar``; keeps one shard in memory."""
-
-    kind = "shards"
-
-    def __init__(self, path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES,
-                 max_shard_bytes: int = MAX_SHARD_BYTES,
-                 max_shard_members: int = MAX_SHARD_MEMBERS):
-        self.bounds = (max_member_bytes, max_shard_bytes, max_shard_members)
-        self.files, self.sizes = list_shards(path, *self.bounds)
-        self._cache: tuple[int, list[ShardRecord]] | None = None
-
-    def get(self, u: int, i: int) -> tuple[Sample, Any]:
-        if self._cache is None or self._cache[0] != u:
-            self._cache = (u, read_shard(self.files[u], *self.bounds))
-            if len(self._cache[1]) != self.sizes[u]:
-                raise ShardError(f"{self.files[u]}: holds {len(self._cache[1])} samples but "
-                                 f"index.json says {self.sizes[u]}; the shards were rewritten "
-                                 "or damaged: delete index.json (it is rebuilt by counting) or "
-                                 "re-create the shards with write_shards")
-        rec = self._cache[1][i]
-        if rec.raw is None:
-            raise sample_error("malformed", rec.key, rec.source, "missing or invalid .json member")
-        key = str(rec.raw.get("id", rec.key)) if isinstance(rec.raw, dict) else rec.key
-        return parse_sample(rec.raw, key, rec.source, shard_locator(rec)), rec.files.get
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_cache": None}
+        check(min(self.max_member_bytes, self.max_shard_bytes, self.max_shard_members) >= 1,
+              "data.max_member_bytes/max_shard_bytes/max_shard_members", "must be positive")
+        check(self.max_tokens >= 8 and self.rows >= 1 and self.json_unit >= 1,
+              "data.max_tokens/rows/json_unit", "must be >= 8 / 1 / 1")
+        check(self.bad_samples in ("skip", "fail"), "data.bad_samples",
+              f"{self.bad_samples!r} is not 'skip' or 'fail'")
 
 
 def open_source(path: str | Path, image_root: str | Path | None = None,
-                cfg: DataConfig | None = None) -> JsonSource | ShardSource:
-    """``.json``/``.jsonl`` → `JsonSource`; a folder or ``.tar`` → `ShardSource` (bounded by
-    ``cfg.max_member_bytes`` / ``max_shard_bytes`` / ``max_shard_members``; compressed shards and
-    damaged ``index.json`` files are a `ShardError` naming the file)."""
+                cfg: DataConfig | None = None) -> Source:
+    """A dataset for training: ``.json``/``.jsonl`` → `JsonSource` in units of ``cfg.json_unit``
+    records; a folder of shards or one ``.tar`` → `TarSource` within ``cfg``'s shard limits (an
+    unsafe shard is a `ShardError` naming it). A code store is chosen above (`viq.train.data`)."""
     cfg = cfg or DataConfig()
     p = Path(path)
-    from viq.codes.storesource import StoreSource, is_store
-
-    if is_store(p):  # stored codes in place of images (viq extract; features="codes" stages)
-        return StoreSource(p)
     if p.suffix in (".json", ".jsonl"):
         return JsonSource(p, image_root, cfg.json_unit)
     if p.is_dir() or p.suffix == ".tar":
-        return ShardSource(p, cfg.max_member_bytes, cfg.max_shard_bytes, cfg.max_shard_members)
+        return TarSource(p, (cfg.max_member_bytes, cfg.max_shard_bytes, cfg.max_shard_members))
     raise ValueError(f"{p}: expected a LLaVA .json/.jsonl file, a .tar shard or a shard folder")
 
 
@@ -217,7 +152,7 @@ def prepare(sample: Sample, image_of, tokenizer, image_cfg: ImageConfig, cfg: Da
 class PackedDataset(IterableDataset):
     """Packed training batches for one rank; loader workers split the rank's share further."""
 
-    def __init__(self, source: JsonSource | ShardSource, tokenizer, image_cfg: ImageConfig,
+    def __init__(self, source: Source, tokenizer, image_cfg: ImageConfig,
                  cfg: DataConfig, *, patch: int = 16, rank: int = 0, world: int = 1,
                  epochs: int | None = None) -> None:
         super().__init__()
@@ -232,7 +167,7 @@ class PackedDataset(IterableDataset):
     def split_for(self, consumers: int) -> Literal["unit", "sample"]:
         if self.cfg.split != "auto":
             return self.cfg.split
-        return "unit" if self.source.kind == "shards" and len(self.source.sizes) >= consumers \
+        return "unit" if self.source.kind == "tars" and len(self.source.sizes) >= consumers \
             else "sample"
 
     def __iter__(self) -> Iterator[Batch]:

@@ -1,6 +1,5 @@
-"""Real photographs that ship inside pip packages: an offline evaluation set for reconstruction.
-
-    viq data photos --out data/photos
+"""Real photographs that ship inside pip packages: an offline evaluation set for reconstruction
+(docs/design.md C29; written by ``viq data photos``, `viq.cli.data`).
 
 Sources (all files inside the installed packages; nothing is downloaded): scikit-image's bundled
 ``skimage/data`` (astronaut, chelsea, coffee, rocket, hubble_deep_field, retina,
@@ -14,12 +13,11 @@ and version, file inside the package, width, height, mode and the license note t
 
 Install the sources with ``pip install -e '.[photos]'`` from a source checkout (or
 ``pip install scikit-image scikit-learn matplotlib``). With no photo available nothing is written
-(no empty ``photos.json``) and the command fails.
+(no empty ``photos.json``): `write_photos` raises FileNotFoundError.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.metadata
 import importlib.util
@@ -28,8 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-
-from viq.cli.errors import UsageError, check_out_dir, command, say
 
 PIP_EXTRA = ("pip install -e '.[photos]'  (from the viq source folder; or: pip install "
              "scikit-image scikit-learn matplotlib)")
@@ -165,31 +161,3 @@ def write_photos(out_dir: str | Path, names: list[str] | None = None) -> list[di
     (out / "photos.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n",
                                      encoding="utf-8")
     return manifest
-
-
-@command("viq data photos")
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="viq data photos",
-        description="Write the real photographs bundled in scikit-image, scikit-learn and "
-                    "matplotlib (offline) at native resolution as PNG + photos.json.")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--names", default=None,
-                   help=f"comma-separated subset of: {','.join(s.name for s in CATALOGUE)}")
-    args = p.parse_args(argv)
-    check_out_dir(args.out, "--out")
-    names = [n for n in args.names.split(",") if n] if args.names else None
-    missing = {k: v for k, v in missing_photos().items() if names is None or k in names}
-    for name, reason in missing.items():
-        print(f"skipped {name}: {reason}")
-    try:
-        manifest = write_photos(args.out, names)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    except FileNotFoundError as e:
-        say("viq data photos", e)
-        return 1
-    for m in manifest:
-        print(f"{m['name']:<22} {m['width']:>5}x{m['height']:<5} {m['mode']:<3} {m['package']}")
-    print(json.dumps({"out": str(args.out), "photos": len(manifest), "skipped": len(missing)}))
-    return 0

@@ -1,4 +1,5 @@
-"""Bad-sample policy: every rejected sample is counted and listed, or stops the run (STYLE.md).
+"""Bad-sample policy: every rejected sample is counted and listed, or stops the run
+(docs/design.md D4).
 
 A sample is *bad* when its image is missing or unreadable, its ``<image>`` placeholders do not match
 its images, an answer is empty, its conversation is malformed, an image path leaves the dataset

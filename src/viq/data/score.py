@@ -1,6 +1,5 @@
-"""Scorer for the synthetic VQA benchmark: normalised exact match, per category and overall.
-
-    viq data score --pred preds.jsonl --ref data/synth/test.json --out report.json
+"""Scorer for the synthetic VQA benchmark: normalised exact match, per category and overall
+(docs/design.md D1 layer 2; the command is ``viq data score``, `viq.cli.data`).
 
 Predictions: JSON lines ``{"id": "synth-000123", "answer": "3"}`` (a JSON list of such objects is
 also read). References: a LLaVA json/jsonl file whose samples carry ``id``, ``answer`` (else the
@@ -17,7 +16,6 @@ a repeated id keeps its last prediction (counted as a duplicate).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -25,8 +23,6 @@ import re
 import unicodedata
 from pathlib import Path
 from typing import Any
-
-from viq.cli.errors import check_out_file, command, describe, say
 
 NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
@@ -183,6 +179,17 @@ def score(predictions: dict[str, str], references: list[dict[str, str]],
                        extra, duplicates, missing_ids)
 
 
+def score_files(pred: str | Path, ref: str | Path) -> ScoreReport:
+    """`score` of a predictions file against a reference split; ValueError for an empty one."""
+    (preds, duplicates), refs = load_predictions(pred), load_references(ref)
+    if not refs:
+        raise ValueError(f"{ref}: holds no reference samples; nothing to score against "
+                         "(is it the right split file?)")
+    if not preds:
+        raise ValueError(f"{pred}: holds no predictions; every reference would count as wrong")
+    return score(preds, refs, duplicates)
+
+
 def format_table(report: ScoreReport) -> str:
     rows = [("category", "n", "correct", "missing", "accuracy")]
     for name, t in [*report.per_category.items(), ("overall", report.overall)]:
@@ -199,40 +206,3 @@ def format_table(report: ScoreReport) -> str:
     if report.duplicate_predictions:
         notes.append(f"{report.duplicate_predictions} repeated ids (the last one was scored)")
     return "\n".join(lines + notes)
-
-
-@command("viq data score")
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="viq data score",
-        description="Score VQA predictions against a benchmark split by normalised exact match "
-                    "(rule: docs/synth.md). Predictions: jsonl lines {\"id\", \"answer\"}.",
-        epilog="exit status: 0 scored, 1 a file cannot be used (named; an empty reference or "
-               "prediction file too), 2 usage error.")
-    p.add_argument("--pred", required=True, help="predictions, jsonl {\"id\", \"answer\"}")
-    p.add_argument("--ref", required=True, help="reference split, e.g. DIR/test.json")
-    p.add_argument("--out", default=None, help="write the JSON report here")
-    args = p.parse_args(argv)
-    if args.out:
-        check_out_file(args.out, "--out")
-    try:
-        preds, dups = load_predictions(args.pred)
-        refs = load_references(args.ref)
-        if not refs:
-            raise ValueError(f"{args.ref}: holds no reference samples; nothing to score against "
-                             "(is it the right split file?)")
-        if not preds:
-            raise ValueError(f"{args.pred}: holds no predictions; every reference would count "
-                             "as wrong")
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        say("viq data score", describe(e))
-        return 1
-    report = score(preds, refs, dups)
-    print(format_table(report))
-    out = report.to_dict()
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps({"accuracy": out["overall"]["accuracy"], "n": out["overall"]["n"],
-                      "missing": out["overall"]["missing"]}))
-    return 0

@@ -1,4 +1,4 @@
-"""Tar shards for large datasets, and the split / shuffle / resume plan shared by every source.
+"""Tar shards for large datasets: the format, its writer and the one tar reader.
 
 Format (webdataset-style, plain POSIX tar written with the standard library)::
 
@@ -6,7 +6,7 @@ Format (webdataset-style, plain POSIX tar written with the standard library)::
                                 "shards": [{"file": "shard-00000.tar", "samples": n}, ...]}
     out_dir/shard-00000.tar    00000000.json, 00000000.0.png, 00000000.1.jpg, 00000001.json, ...
 
-``<key>.json`` is the LLaVA record (SPEC B7.1) whose ``image`` entries name their member
+``<key>.json`` is the LLaVA record (docs/design.md B7.1) whose ``image`` entries name their member
 (``{"member": "<key>.<i>.<ext>", "resize": ...}``); the original ``id`` is kept. Members are flat
 names; a shard is read as a stream (``tarfile`` mode ``r|``), one shard at a time.
 
@@ -17,15 +17,8 @@ than ``max_member_bytes``. Nothing is ever extracted to disk. Resource bounds (a
 memory while it is read): compressed shards (gzip, bz2, xz, zstd) are refused — a few MB can
 expand to any size; a shard may hold at most ``max_shard_bytes`` (file size and the sum of its
 members) and ``max_shard_members`` members. ``index.json`` is checked entry by entry; a damaged
-one is a `ShardError` naming it (delete it: the shards are then counted).
-
-Plan (`consumer_plan`): a dataset is a list of *units* (shards, or chunks of a JSON list) with
-known sizes. Per epoch the units are permuted by (seed, epoch) and each unit's samples by (seed,
-epoch, unit). Consumers (rank × loader worker) get either whole units (``split="unit"``: unit k of
-the permuted order → consumer k mod C; no shard is read twice, per-consumer counts may differ) or
-single samples (``split="sample"``: sample j of the epoch's flat order → consumer j mod C;
-balanced, but every consumer reads every unit). A consumer's position is the number of its samples
-consumed in the current epoch; resuming skips whole units without reading them.
+one is a `ShardError` naming it (delete it: the shards are then counted). The same reader,
+`iter_tar`, streams any webdataset tar for extraction (`viq.data.sources.TarSource`).
 """
 
 from __future__ import annotations
@@ -33,13 +26,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import random
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from viq.data.llava import inside_root
 from viq.data.policy import BadSamplePolicy, SampleError, sample_error
@@ -49,6 +41,7 @@ FORMAT = "viq-shards/1"
 MAX_MEMBER_BYTES = 64 << 20
 MAX_SHARD_BYTES = 2 << 30  # a shard is held in memory while it is read
 MAX_SHARD_MEMBERS = 100_000
+LIMITS = (MAX_MEMBER_BYTES, MAX_SHARD_BYTES, MAX_SHARD_MEMBERS)  # what a shard may cost (C20)
 MAX_INDEX_BYTES = 64 << 20
 _COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz",
                b"\x28\xb5\x2f\xfd": "zstd", b"\x5d\x00\x00": "lzma"}
@@ -105,9 +98,8 @@ def write_shards(samples: Iterable[dict], out_dir: str | Path, *, samples_per_sh
     """Write LLaVA records as tar shards + ``index.json``; return the shard paths.
 
     Image entries are ``{"img_path": p, "resize": r}`` with ``p`` relative to ``image_root``
-    (default:
-    the current folder) and never outside it, or ``{"data": bytes, "ext": "png", "resize": r}``.
-    Records whose images cannot be read go to ``policy`` (default: fail).
+    (default: the current folder) and never outside it, or ``{"data": bytes, "ext": "png",
+    "resize": r}``. Records whose images cannot be read go to ``policy`` (default: fail).
     """
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
@@ -186,7 +178,10 @@ class ShardRecord:
     files: dict[str, bytes]
 
 
-def _check_member(shard: Path, m: tarfile.TarInfo, max_bytes: int) -> None:
+def _check_member(shard: Path, m: tarfile.TarInfo, limits: tuple[int, int, int], total: int,
+                  count: int) -> None:
+    """Our shards' rules for a member, ``total`` bytes and ``count`` members read so far."""
+    max_bytes, max_total, max_members = limits
     if not m.isreg():
         kind = "symlink" if m.issym() else "hard link" if m.islnk() else \
             "directory" if m.isdir() else "device or special file"
@@ -203,6 +198,10 @@ def _check_member(shard: Path, m: tarfile.TarInfo, max_bytes: int) -> None:
     if m.size > max_bytes:
         raise ShardError(f"{shard}: member {name!r} has {m.size:,} bytes, above the limit "
                          f"{max_bytes:,}; raise data.max_member_bytes if the file is trusted")
+    if total > max_total or count > max_members:
+        raise ShardError(f"{shard}: more than {max_members:,} members or "
+                         f"{max_total:,} bytes of members (the per-shard limits, "
+                         "data.max_shard_members / data.max_shard_bytes); write smaller shards")
 
 
 def _check_shard_file(path: Path, max_shard_bytes: int) -> None:
@@ -224,41 +223,79 @@ def _check_shard_file(path: Path, max_shard_bytes: int) -> None:
                          "data.max_shard_bytes")
 
 
+def member_json(blob: bytes | None) -> Any:
+    """A ``.json`` member's value, or None when it is missing or not valid JSON."""
+    try:
+        return json.loads(blob) if blob is not None else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def iter_tar(path: Path, limits: tuple[int, int, int] | None = None
+             ) -> Iterator[tuple[str, dict[str, bytes], SampleError | None]]:
+    """One tar file's members, streamed, as (key, {member name: bytes}, problem): a group per run
+    of consecutive members with one key (the name up to the first dot of its last part). With
+    ``limits`` (our shards: bytes per member, per shard, members) the rules above hold, else
+    `ShardError`; without (any webdataset tar) compression is read, directories are skipped, and a
+    link, device, member above ``MAX_MEMBER_BYTES`` or damage makes its group a bad sample
+    (docs/design.md D4)."""
+    strict = limits is not None
+    max_bytes = limits[0] if strict else MAX_MEMBER_BYTES
+    if strict:
+        _check_shard_file(path, limits[1])
+    key, files, problem, total = None, {}, None, 0
+    try:
+        with tarfile.open(path, "r|" if strict else "r|*") as tar:
+            for count, m in enumerate(tar, 1):
+                if strict:
+                    total += m.size
+                    _check_member(path, m, limits, total, count)
+                elif m.isdir():
+                    continue
+                head, _, base = m.name.rpartition("/")
+                k = f"{head}/{base.split('.', 1)[0]}" if head else base.split(".", 1)[0]
+                if k != key:
+                    if key is not None:
+                        yield key, files, problem
+                    key, files, problem = k, {}, None
+                if not strict and not m.isreg():
+                    problem = sample_error("unsafe_path", k, f"{path.name}:{k}", f"member "
+                                           f"{m.name!r} is a link or special file (only regular "
+                                           "files are read)")
+                elif not strict and m.size > max_bytes:
+                    problem = sample_error("unreadable_image", k, f"{path.name}:{k}", f"member "
+                                           f"{m.name!r} has {m.size:,} bytes, above the "
+                                           f"{max_bytes:,} limit")
+                elif problem is None:
+                    f = tar.extractfile(m)
+                    files[m.name] = f.read(max_bytes + 1) if f is not None else b""
+                tar.members = []  # a stream keeps every header otherwise (memory per member)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        why = f"{type(e).__name__}: {e}"
+        if strict:
+            raise ShardError(f"{path}: not a readable tar file ({why}); re-create it with "
+                             "write_shards") from None
+        if key is None:
+            key, problem = "(tar)", sample_error("malformed", "(tar)", path.name,
+                                                 f"not a readable tar file after 0 samples ({why})")
+        elif problem is None:  # the group cut by the damage is lost, too
+            problem = sample_error("malformed", key, f"{path.name}:{key}",
+                                   f"the tar file is damaged here ({why})")
+    if key is not None:
+        yield key, files, problem
+
+
 def read_shard(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES,
                max_shard_bytes: int = MAX_SHARD_BYTES,
                max_shard_members: int = MAX_SHARD_MEMBERS) -> list[ShardRecord]:
-    """All samples of one shard, in stored order (streaming read; nothing touches the disk)."""
+    """All samples of one of our shards, in stored order (a key's members gathered wherever they
+    are), read whole within the limits (`iter_tar`)."""
     path = Path(path)
-    _check_shard_file(path, max_shard_bytes)
     groups: dict[str, dict[str, bytes]] = {}
-    total, count = 0, 0
-    try:
-        with tarfile.open(path, "r|") as tar:
-            for m in tar:
-                _check_member(path, m, max_member_bytes)
-                total, count = total + m.size, count + 1
-                if total > max_shard_bytes or count > max_shard_members:
-                    raise ShardError(
-                        f"{path}: more than {max_shard_members:,} members or "
-                        f"{max_shard_bytes:,} bytes of members (the per-shard limits, "
-                        "data.max_shard_members / data.max_shard_bytes); write smaller shards")
-                f = tar.extractfile(m)
-                data = f.read(max_member_bytes + 1) if f is not None else b""
-                groups.setdefault(m.name.split(".", 1)[0], {})[m.name] = data
-                tar.members = []  # a stream keeps every header otherwise (memory per member)
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise ShardError(f"{path}: not a readable tar file ({type(e).__name__}: {e}); "
-                         "re-create it with write_shards") from None
-    out = []
-    for key, files in groups.items():
-        src = f"{path.name}:{key}"
-        blob = files.pop(f"{key}.json", None)
-        try:
-            raw = json.loads(blob) if blob is not None else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raw = None
-        out.append(ShardRecord(key, src, raw, files))
-    return out
+    for key, files, _ in iter_tar(path, (max_member_bytes, max_shard_bytes, max_shard_members)):
+        groups.setdefault(key, {}).update(files)
+    return [ShardRecord(key, f"{path.name}:{key}", member_json(files.pop(f"{key}.json", None)),
+                        files) for key, files in groups.items()]
 
 
 def shard_locator(rec: ShardRecord):
@@ -319,48 +356,3 @@ def list_shards(path: str | Path, max_member_bytes: int = MAX_MEMBER_BYTES,
         raise FileNotFoundError(f"{path}: no .tar shards found")
     return files, [len(read_shard(f, max_member_bytes, max_shard_bytes, max_shard_members))
                    for f in files]
-
-
-# ----------------------------------------------------------------------------------------------
-# Split / shuffle / resume plan
-# ----------------------------------------------------------------------------------------------
-
-
-def _perm(n: int, *seed: int) -> list[int]:
-    order = list(range(n))
-    random.Random("/".join(map(str, seed))).shuffle(order)
-    return order
-
-
-def consumer_plan(sizes: list[int], consumer: int, consumers: int, *, seed: int, epoch: int,
-                  shuffle: bool = True, split: Literal["unit", "sample"] = "unit",
-                  start: int = 0) -> Iterator[tuple[int, list[int]]]:
-    """This consumer's samples for one epoch, as (unit, [indices in unit]) in reading order,
-    skipping its first ``start`` samples (the resume position) without visiting skipped units."""
-    if not 0 <= consumer < consumers:
-        raise ValueError(f"consumer {consumer} out of range for {consumers} consumers")
-    units = _perm(len(sizes), seed, epoch) if shuffle else list(range(len(sizes)))
-    offset = 0  # flat index of the unit's first sample in this epoch's order (split="sample")
-    for k, u in enumerate(units):
-        n = sizes[u]
-        if split == "unit":
-            mine = list(range(n)) if k % consumers == consumer else []
-        else:
-            first = (consumer - offset) % consumers
-            mine = list(range(first, n, consumers))
-        offset += n
-        if not mine:
-            continue
-        if start >= len(mine):
-            start -= len(mine)
-            continue
-        order = _perm(n, seed, epoch, u) if shuffle else list(range(n))
-        yield u, [order[t] for t in mine[start:]]
-        start = 0
-
-
-def consumer_count(sizes: list[int], consumer: int, consumers: int, *, seed: int, epoch: int,
-                   shuffle: bool = True, split: Literal["unit", "sample"] = "unit") -> int:
-    """How many samples this consumer gets in one epoch."""
-    return sum(len(ix) for _, ix in consumer_plan(sizes, consumer, consumers, seed=seed,
-                                                 epoch=epoch, shuffle=shuffle, split=split))

@@ -1,15 +1,14 @@
-"""Synthetic VQA benchmark: deterministic generation to LLaVA json + images, or tar shards.
+"""Synthetic VQA benchmark: deterministic generation to LLaVA json + images, or tar shards
+(docs/synth.md; the command is ``viq data synth``, `viq.cli.data`).
 
-    viq data synth --out data/synth --n 1000 --seed 0
-
-Writes ``train.json``, ``val.json``, ``test.json`` (LLaVA format, SPEC B7.1) with the images under
-``images/``, and ``meta.json`` (the resolved options, per-split/per-category counts, font set).
-Every sample is one question with a short exact-match answer in one of four categories — general
-(shape, colour, count, relative position), ocr (text at 8-72 px in several fonts), chart (bar/line
-values), detail (fine attributes of small objects) — at a random native size and aspect ratio.
-Besides the LLaVA fields each sample carries ``category``, ``kind``, ``answer``, ``caption`` (one
-sentence describing the whole image) and ``scene`` (what was drawn; every answer follows from it).
-Scoring: `viq.data.score`. Layout and rules: docs/synth.md.
+Writes ``train.json``, ``val.json``, ``test.json`` (LLaVA format, docs/design.md B7.1) with the
+images under ``images/``, and ``meta.json`` (the resolved options, per-split/per-category counts,
+font set). Every sample is one question with a short exact-match answer in one of four categories —
+general (shape, colour, count, relative position), ocr (text at 8-72 px in several fonts), chart
+(bar/line values), detail (fine attributes of small objects) — at a random native size and aspect
+ratio. Besides the LLaVA fields each sample carries ``category``, ``kind``, ``answer``, ``caption``
+(one sentence describing the whole image) and ``scene`` (what was drawn; every answer follows from
+it). Scoring: `viq.data.score`. Layout and rules: docs/synth.md.
 
 Determinism: sample i draws only from ``numpy.random.default_rng([seed, 1, i])`` and the split plan
 from ``default_rng([seed, 0])``, so the output is byte-identical for a seed whatever the worker
@@ -18,12 +17,11 @@ count (given the same Pillow/FreeType and font set, recorded in meta.json).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import json
 import math
-import time
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -33,7 +31,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from viq.cli.errors import UsageError, check_out_dir, check_range, command
 from viq.data.synth_render import (
     MAX_SCENE_OBJECTS,
     Rendered,
@@ -72,7 +69,8 @@ class SynthConfig:
     max_aspect: float = 3.0
     image_format: Literal["png", "jpeg"] = "png"
     jpeg_quality: int = 95
-    resize: str | None = None  # copied into every image entry's "resize" (SPEC B1.5), if set
+    # copied into every image entry's "resize" (docs/design.md B1.5), if set
+    resize: str | None = None
     categories: tuple[str, ...] = CATEGORIES
     train_turns: int = 1  # questions per training image (> 1: multi-turn, `viq.data.synth_turns`)
     max_objects: int = 0  # cap on the shapes of a general / detail scene (0: the benchmark's own)
@@ -177,8 +175,9 @@ def make_sample(cfg: SynthConfig, index: int, category: str) -> tuple[Rendered, 
 
 def to_record(cfg: SynthConfig, index: int, category: str, rendered: Rendered,
               split: str = "test") -> dict[str, Any]:
-    """The LLaVA-format sample (SPEC B7.1) plus the benchmark fields; a training sample asks up to
-    ``cfg.train_turns`` questions (the first is the sample's own; ``answer``/``kind`` are its)."""
+    """The LLaVA-format sample (docs/design.md B7.1) plus the benchmark fields; a training sample
+    asks up to ``cfg.train_turns`` questions (the first is the sample's own; ``answer``/``kind`` are
+    its)."""
     ext = "png" if cfg.image_format == "png" else "jpg"
     image: dict[str, Any] = {"img_path": f"images/{index:06d}.{ext}"}
     if cfg.resize is not None:
@@ -254,6 +253,19 @@ def write_json_dataset(cfg: SynthConfig, out_dir: str | Path, workers: int = 0,
     return info
 
 
+def ensure_json_dataset(cfg: SynthConfig, folder: str | Path) -> Path:
+    """``cfg``'s benchmark in ``folder``, written once: beside it, then renamed (all or nothing,
+    docs/design.md C14); a finished one (its ``meta.json``) is kept."""
+    folder = Path(folder)
+    if not (folder / "meta.json").is_file():
+        tmp = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_json_dataset(cfg, tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    return folder
+
+
 def write_shard_dataset(cfg: SynthConfig, out_dir: str | Path, workers: int = 0,
                         progress: bool = False, samples_per_shard: int = 1000) -> dict[str, Any]:
     """Write ``<split>/shard-*.tar`` + ``<split>/index.json`` (`viq.data.shards` format, images as
@@ -283,93 +295,12 @@ def _dump(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-# ----------------------------------------------------------------------------- command line
-def _clear_previous(out: Path) -> None:
-    """Remove the files an earlier run wrote (only names this module generates)."""
+def clear_dataset(out: Path) -> None:
+    """Remove the files an earlier run wrote into ``out`` (only names this module generates)."""
     for pattern in ("images/[0-9]*.png", "images/[0-9]*.jpg", "*/shard-*.tar", "*/index.json",
                     "train.json", "val.json", "test.json", "meta.json"):
         for path in out.glob(pattern):
             path.unlink()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="viq data synth",
-        description="Generate the synthetic VQA benchmark (deterministic for a seed): LLaVA json "
-                    "+ images, or tar shards. See docs/synth.md.")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n", type=int, default=1000, help="number of samples (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", choices=("json", "shards"), default="json",
-                   help="json: train/val/test.json + images/; shards: <split>/shard-*.tar")
-    p.add_argument("--splits", default="0.8,0.1,0.1", help="train,val,test fractions")
-    p.add_argument("--min-side", type=int, default=128, help="smallest image side in px")
-    p.add_argument("--max-side", type=int, default=768, help="largest image side in px")
-    p.add_argument("--max-aspect", type=float, default=3.0, help="aspect ratios in [1/a, a]")
-    p.add_argument("--categories", default=",".join(CATEGORIES),
-                   help=f"comma-separated subset of {','.join(CATEGORIES)}")
-    p.add_argument("--train-turns", type=int, default=1,
-                   help="questions per training image (default 1; more: multi-turn samples whose "
-                        "extra questions are derived from the scene; val/test keep one)")
-    p.add_argument("--max-objects", type=int, default=0,
-                   help="at most this many shapes in a general or detail scene (default 0: the "
-                        "benchmark's own 2-5, counts up to 11; a smaller cap makes an easier "
-                        "benchmark: viq demo uses 1)")
-    p.add_argument("--image-format", choices=("png", "jpeg"), default="png",
-                   help="png is lossless (keeps small text readable); jpeg is smaller")
-    p.add_argument("--jpeg-quality", type=int, default=95)
-    p.add_argument("--resize", default=None,
-                   help='resize rule stored in every image entry, e.g. "384x32" (SPEC B1.5)')
-    p.add_argument("--samples-per-shard", type=int, default=1000)
-    p.add_argument("--workers", type=int, default=0, help="render processes (0: in-process)")
-    p.add_argument("--montage", default=None, metavar="DIR",
-                   help="also write one example sheet per category (synth_<category>.png) to DIR "
-                        "(json format only; how docs/images/ was made)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a dataset already in --out")
-    return p
-
-
-@command("viq data synth")
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    check_range(args.samples_per_shard, 1, MAX_SAMPLES_PER_SHARD, "--samples-per-shard")
-    check_range(args.workers, 0, MAX_WORKERS, "--workers")
-    check_out_dir(args.out, "--out")
-    if args.montage:
-        check_out_dir(args.montage, "--montage")
-    try:
-        splits = tuple(float(x) for x in args.splits.split(","))
-        cfg = SynthConfig(n=args.n, seed=args.seed, splits=splits,  # type: ignore[arg-type]
-                          min_side=args.min_side, max_side=args.max_side,
-                          max_aspect=args.max_aspect, image_format=args.image_format,
-                          jpeg_quality=args.jpeg_quality, resize=args.resize,
-                          train_turns=args.train_turns, max_objects=args.max_objects,
-                          categories=tuple(c for c in args.categories.split(",") if c))
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    out = Path(args.out)
-    if (out / "meta.json").exists():
-        if not args.overwrite:
-            raise UsageError(f"{out} already holds a dataset (meta.json); pass --overwrite to "
-                             "replace it or choose another --out")
-        _clear_previous(out)
-    t0 = time.perf_counter()
-    if args.format == "json":
-        info = write_json_dataset(cfg, out, args.workers, progress=True)
-    else:
-        info = write_shard_dataset(cfg, out, args.workers, progress=True,
-                                   samples_per_shard=args.samples_per_shard)
-    seconds = time.perf_counter() - t0
-    if args.montage and args.format == "json":
-        for path in write_montages(out, args.montage):
-            print(f"wrote {path}")
-    for split, counts in info["counts"].items():
-        print(f"{split:>5}: {sum(counts.values()):6d}  " +
-              "  ".join(f"{c}={n}" for c, n in counts.items()))
-    print(json.dumps({"out": str(out), "n": cfg.n, "seconds": round(seconds, 2),
-                      "samples_per_s": round(cfg.n / seconds, 1)}))
-    return 0
 
 
 # ----------------------------------------------------------------------------- montage (docs)

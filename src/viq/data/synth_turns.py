@@ -4,9 +4,9 @@
 
 A benchmark sample asks one question. For training, `viq.data.synth` (``SynthConfig.train_turns``)
 can ask up to ``k`` questions about the same image, as LLaVA-style multi-turn conversations
-(SPEC B7.1): every image is then paid for once (its tokens go through the LLM once) and teaches
-several grounded answers. The extra questions use the benchmark's own phrasings and are answered
-from the scene exactly as the renderers answer theirs (`viq.data.synth_render`,
+(docs/design.md B7.1): every image is then paid for once (its tokens go through the LLM once) and
+teaches several grounded answers. The extra questions use the benchmark's own phrasings and are
+answered from the scene exactly as the renderers answer theirs (`viq.data.synth_render`,
 `viq.data.synth_text`); only questions with one unambiguous answer are asked:
 
 - general / detail: the colour of each shape whose shape occurs once, the shape of each object

@@ -1,4 +1,4 @@
-"""The offline demo's pieces (issue 12): the frozen parts ViQ needs, trained from scratch on the
+"""The offline demo's pieces: the frozen parts ViQ needs, trained from scratch on the
 synthetic VQA benchmark in minutes on a CPU.
 
 - `viq.demo.vae.train_vae`: a small diffusers ``AutoencoderKL`` (8×, 16 latent channels) — the
@@ -6,5 +6,5 @@ synthetic VQA benchmark in minutes on a CPU.
   `viq.demo.vae_init.box_init`, an exact block-colour autoencoder.
 - `viq.demo.teacher.train_teacher`: a miniature SigLIP — a small ViT with a MAP head trained with
   the sigmoid contrastive loss against frozen MiniLM sentence embeddings — the L_distill teacher.
-- `viq.demo.resume`: their checkpoint / resume / finished-marker rules.
+- both checkpoint, resume and mark a finished run through `viq.train.checkpoint`.
 """

@@ -1,4 +1,4 @@
-"""``viq ablate`` — the directions of the paper's key ablations (SPEC A4) at demo scale.
+"""``viq ablate`` — the directions of the paper's key ablations (docs/design.md A4) at demo scale.
 
     viq demo --out D && viq ablate --demo D            # reuses the demo's data, VAE, teacher,
                                                        # stage 1 and stage 2-1
@@ -28,9 +28,7 @@ all); the caption group two stage-1-length LLM runs, the one with all layers ~4.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 from viq.config import override
@@ -123,7 +121,7 @@ def ablate(demo: str | Path, quick: bool = False, progress: bool = True,
 
 
 def to_markdown(rows: list[dict]) -> str:
-    from viq.eval.report import ABLATION_HEAD, ablation_rows
+    from viq.demo.report import ABLATION_HEAD, ablation_rows
 
     lines = ["| " + " | ".join(ABLATION_HEAD) + " |", "|" + "---|" * len(ABLATION_HEAD)]
     lines += ["| " + " | ".join(cells) + " |" for cells in ablation_rows(rows)]
@@ -132,7 +130,7 @@ def to_markdown(rows: list[dict]) -> str:
 
 def add_to_report(demo: Path, rows: list[dict]) -> Path | None:
     """Rewrite the demo's ``report.html`` with an ablation section (when the demo wrote one)."""
-    from viq.eval.report import write_html
+    from viq.demo.report import write_html
 
     path = demo / "results.json"
     if not path.is_file():
@@ -140,41 +138,3 @@ def add_to_report(demo: Path, rows: list[dict]) -> Path | None:
     results = json.loads(path.read_text())
     results["ablation"] = rows
     return write_html(results, demo)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="viq ablate", description=__doc__.split("\n")[0],
-                                epilog="Run `viq demo --out DIR` first. Groups: quantizer path, "
-                                "position and losses (stage-2-2 variants against the demo's "
-                                "own), and what the demo's LLM answers given each image's "
-                                "caption as text (with its layers and with all of them). Writes "
-                                "DIR/ablation.md, DIR/ablation.json and a section of "
-                                "DIR/report.html. --quick: ~6 min on 2 cores; the default "
-                                "schedule several times that. See docs/demo.md.")
-    p.add_argument("--demo", type=Path, default=Path("viq_demo_out"),
-                   help="the demo's output folder (default viq_demo_out)")
-    p.add_argument("--quick", action="store_true",
-                   help="the demo's --quick schedule (use the schedule the demo ran with)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = p.parse_args(argv)
-    if args.quiet:
-        from viq.backends.llm import quiet_loading
-
-        quiet_loading()
-    try:
-        rows = ablate(args.demo, args.quick, not args.quiet)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"viq ablate: {e}", file=sys.stderr)
-        return 2
-    table = to_markdown(rows)
-    print(table)
-    (args.demo / "ablation.md").write_text(table + "\n")
-    (args.demo / "ablation.json").write_text(json.dumps(rows, indent=1))
-    report = add_to_report(args.demo, rows)
-    print(f"written: {args.demo / 'ablation.md'}, {args.demo / 'ablation.json'}"
-          + (f", the ablation section of {report}" if report else ""))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -51,8 +51,8 @@ def _storage(codes: list, out: Path) -> dict:
 def mllm_speedup(obj, seq: int = 384, repeats: int = 2) -> dict:
     """One MLLM training step of the demo's LLM (fresh LoRA) on a packed row of 224² images:
     features from the frozen tokenizer online (encoder + head) vs from stored codes
-    (`viq.eval.bench_mllm.measure`, medians after a warm-up)."""
-    from viq.eval.bench_mllm import make_batch, measure
+    (`viq.bench.mllm.measure`, medians after a warm-up)."""
+    from viq.bench.mllm import make_batch, measure
     from viq.supervision.text import TextSupervision
 
     model = obj.model.eval().requires_grad_(False)
@@ -93,8 +93,8 @@ def _fit_note(fit: dict, same: float) -> str:
 
 def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = True) -> dict:
     from viq.demo.photos import evaluation_photos, training_photos
+    from viq.demo.report import RECON_ROWS, plot_losses, plot_reconstructions, plot_usage
     from viq.eval.reconstruction import code_usage, reconstruct_files
-    from viq.eval.report import RECON_ROWS, plot_losses, plot_reconstructions, plot_usage
     from viq.eval.understanding import evaluate, load_run
 
     results: dict = {"understanding": {}, "figures": {}}

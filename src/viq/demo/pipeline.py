@@ -24,7 +24,7 @@ finished training run is reused only with this version's recipe (`train_or_reuse
    ``decoder/``  the code decoder (`viq.train.stages.decoder`) on the frozen stage-2-2 tokenizer:
                  codes → VAE latents, the reconstructions' path; trained on the training split
                  and crops of the installed photos that are not evaluated (`viq.demo.photos`)
-5. ``store/``    the test split's codes (``viq extract``)
+5. ``store/``    the test split's codes (`viq.codes.extract.extract_store`, as ``viq extract``)
 6. ``results.json`` + ``report.html``  understanding (continuous stage-1 model / quantized stage
                  2-2 model fed from the stored codes / blind baselines), reconstruction PSNR/SSIM
                  on held-out synthetic images and real photos, code usage, storage.
@@ -61,7 +61,7 @@ class DemoPlan:
     # stage 1, 2-1, 2-2: with 50 + 100 steps of stage 2 the quantized model kept 74 % of stage
     # 1's accuracy, with 100 + 200 all of it (docs/demo.md, "Understanding")
     steps: tuple[int, int, int] = (540, 100, 200)
-    decoder_steps: int = 600  # the code decoder on the frozen stage 2-2 (viq.demo.runs)
+    decoder_steps: int = 600  # the code decoder on the frozen stage 2-2 (viq.presets)
     photo_crops: int = 36  # crops of each photo not evaluated, for the decoder (viq.demo.photos)
     eval_limit: int = 0  # test samples answered per condition (0 = all)
     fit_limit: int = 100  # training samples of the fit check (viq.demo.evaluate)
@@ -71,7 +71,7 @@ class DemoPlan:
     vae_channels: tuple[int, ...] = (16, 32, 64, 64)
     llm: str = "smollm2"  # "tiny" for the in-process test of the whole pipeline
     # SmolLM2's kept layers (llm.keep_layers): ~4.7x stage 1's tokens/s with all 30, but they
-    # do not answer from text in their prompt (viq.demo.runs)
+    # do not answer from text in their prompt (viq.presets)
     llm_layers: tuple[int, ...] = (0, 1, 2, 27, 28, 29)
     synth_max_side: int = 384
 
@@ -125,41 +125,26 @@ def _say(text: str, progress: bool) -> None:
         print(text, flush=True)
 
 
-def _synth(folder: Path, cfg) -> Path:
-    """``cfg``'s benchmark into ``folder`` (written beside it, then renamed: all or nothing)."""
-    import shutil
-
-    from viq.data.synth import write_json_dataset
-
-    if not (folder / "meta.json").is_file():
-        tmp = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        write_json_dataset(cfg, tmp)
-        tmp.rename(folder)
-    return folder
-
-
 def make_data(out: Path, plan: DemoPlan) -> Path:
     """The demo's benchmark (``data/``) and the teacher's images (``teacher_data/``: the same
     seed, categories and split plan with ``plan.teacher_max_objects``, so the teacher never sees
     a test index)."""
-    from viq.data.synth import SynthConfig
+    from viq.data.synth import SynthConfig, ensure_json_dataset
 
     cfg = SynthConfig(n=plan.synth_n, seed=0, splits=plan.splits,
                       categories=tuple(plan.categories), max_side=plan.synth_max_side,
                       min_side=min(128, plan.synth_max_side), train_turns=plan.train_turns,
                       max_objects=plan.max_objects)
-    _synth(out / "teacher_data", dataclasses.replace(cfg, train_turns=1,
-                                                     max_objects=plan.teacher_max_objects))
-    return _synth(out / "data", cfg)
+    teacher = dataclasses.replace(cfg, train_turns=1, max_objects=plan.teacher_max_objects)
+    ensure_json_dataset(teacher, out / "teacher_data")
+    return ensure_json_dataset(cfg, out / "data")
 
 
 def stage_config(name: str, out: Path, data: Path, plan: DemoPlan):
     """The demo's config of one stage, wired to the demo's data, VAE, teacher and previous run."""
-    from viq.demo import runs
+    from viq.presets import get_run
 
-    cfg = {"stage1": runs.demo_stage1, "stage2_1": runs.demo_stage2_1,
-           "stage2_2": runs.demo_stage2_2}[name]()
+    cfg = get_run(f"demo_{name}")
     i = STAGES.index(name)
     sets = [f"data.train={data / 'train.json'}", f"data.val={data / 'val.json'}",
             f"vae.source={out / 'vae'}", f"teacher.source={out / 'teacher'}",
@@ -167,7 +152,7 @@ def stage_config(name: str, out: Path, data: Path, plan: DemoPlan):
             f"llm.source={plan.llm}", f"llm.keep_layers={list(plan.llm_layers)}"]
     if i:
         sets.append(f"stage.init_from={out / STAGES[i - 1]}")
-    else:  # the student starts from the teacher, as the paper's starts from SigLIP2 (SPEC A2)
+    else:  # the student starts from the teacher, as the paper's from SigLIP2 (design.md A2)
         sets.append(f"stage.encoder_init={out / 'teacher'}")
     return override(cfg, sets)
 
@@ -178,14 +163,14 @@ def train_stage(name: str, out: Path, data: Path, plan: DemoPlan, progress: bool
 
 
 def decoder_config(out: Path, data: Path, plan: DemoPlan):
-    """The demo's code decoder, on the frozen stage-2-2 run (`viq.demo.runs.demo_decoder`),
+    """The demo's code decoder, on the frozen stage-2-2 run (`viq.presets.demo_decoder`),
     trained on the training split and crops of the photos not evaluated (`viq.demo.photos`)."""
-    from viq.demo import runs
     from viq.demo.photos import write_decoder_data
+    from viq.presets import demo_decoder
 
     steps = plan.decoder_steps
     train_file = write_decoder_data(data, plan.photos, plan.photo_crops)
-    return override(runs.demo_decoder(), [
+    return override(demo_decoder(), [
         f"data.train={train_file}", f"data.val={data / 'val.json'}",
         f"vae.source={out / 'vae'}", f"teacher.source={out / 'teacher'}",
         f"run.steps={steps}", f"run.checkpoint_every={max(10, steps // 4)}",
@@ -241,10 +226,11 @@ def train_or_reuse(cfg, run: Path, progress: bool, again: str) -> Path:
     """Train ``cfg`` into ``run``; continue it after an interruption; reuse it when finished
     with the same recipe (`check_recipe`). ``again``: what to rerun to continue, for the
     message of a run stopped by a signal."""
+    from viq.train.checkpoint import Checkpointer
     from viq.train.loop import train
 
     run = Path(run)
-    if (run / "final" / "weights.safetensors").is_file():
+    if Checkpointer(run).record() is not None:
         check_recipe(run, cfg)
         _say(f"[{run.name}] done already ({run})", progress)
         return run
@@ -255,14 +241,17 @@ def train_or_reuse(cfg, run: Path, progress: bool, again: str) -> Path:
 
 
 def extract_test(out: Path, data: Path, progress: bool) -> Path:
-    from viq.cli.main import main as viq
+    """The test split's codes by the stage-2-2 model, as ``viq extract`` writes them."""
+    from viq.codes.extract import extract_store
+    from viq.data.sources import open_extract_source
+    from viq.model.factory import build_model
 
     store = out / "store"
     if not (store / "metadata.json").is_file() or _unfinished(store):
-        args = ["extract", str(data / "test.json"), "--out", str(store), "--checkpoint",
-                str(out / "stage2_2" / "final")] + ([] if progress else ["--quiet"])
-        if viq(args) != 0:
-            raise RuntimeError(f"viq extract into {store} failed")
+        built = build_model(checkpoint=out / "stage2_2" / "final")
+        stats = extract_store(built, open_extract_source(data / "test.json"), store,
+                              progress=progress)
+        _say(f"[extract] {stats.line()}", progress)
     return store
 
 
@@ -276,16 +265,16 @@ def run_demo(out: str | Path = "viq_demo_out", quick: bool = False, progress: bo
     """Run (or continue) the whole demo into ``out``; returns the results dict. ``plan``
     replaces the default / quick schedule (tests use a tiny one)."""
     from viq.demo.evaluate import evaluate_demo
-    from viq.demo.runs import demo_teacher_encoder
     from viq.demo.teacher import train_teacher
     from viq.demo.vae import train_vae
+    from viq.presets import demo_teacher_encoder
 
     out = Path(out)
     plan = plan or (QUICK if quick else DemoPlan())
     check_plan(out, plan)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / PLAN_FILE).is_file():
-        from viq.demo.resume import write_json_atomic
+        from viq.fingerprint import write_json_atomic
 
         write_json_atomic(out / PLAN_FILE, _plan_dict(plan))
     timings: dict[str, float] = {}
@@ -311,7 +300,7 @@ def run_demo(out: str | Path = "viq_demo_out", quick: bool = False, progress: bo
     results = timed("evaluate", lambda: evaluate_demo(out, data, store, plan, progress))
     results["timings"] = {**timings, "total": round(sum(timings.values()), 1)}
     results["plan"] = dataclasses.asdict(plan) | {"quick": quick}
-    from viq.eval.report import write_html
+    from viq.demo.report import write_html
 
     write_html(results, out)
     return results

@@ -1,5 +1,5 @@
 """The demo's distillation teacher: a miniature SigLIP trained from scratch on the synthetic images
-(issue 12; the frozen fixed-resolution teacher of L_distill, SPEC A2, B1.7, Part C 8).
+(the frozen fixed-resolution teacher of L_distill, docs/design.md A2, B1.7, C8).
 
     from viq.demo.teacher import train_teacher
     train_teacher(Path("demo/synth"), Path("demo/teacher"), steps=STEPS, encoder=ENCODER)
@@ -20,7 +20,7 @@ Linear(pooled → 384), txt = L2-normalised Linear(MiniLM − its train mean, re
 init) — centring removes the direction all captions share — log t = log 10 and
 b = −10 at init, both learned; L = −(1/B) Σ_ij log σ(y_ij·logit_ij), y_ij = +1 for the same text
 (an image's own caption, or a duplicate of it), −1 otherwise. AdamW, linear warmup, constant LR
-(runs can be extended exactly, `viq.demo.resume`); fp32 throughout.
+(runs can be extended exactly, `viq.train.checkpoint`); fp32 throughout.
 
 Plus a dense scene loss (``dense_weight``, default 1): for samples whose record carries the
 synthetic scene (`viq.data.synth`: shapes with colours and positions), two linear classifiers on
@@ -45,18 +45,11 @@ scene head's shape accuracy on the val split's object patches (None without scen
 MEASURED (SynthConfig(n=400, max_side=384): 320 train / 40 val pairs, chance = 2.5 %; encoder
 width 128, depth 4, heads 4, MLP 512, pos_grid 8 at 128², batch 32). A step takes 0.21 s on 2
 idle cores (0.32 CPU s on one thread; bf16 autocast was 2.7× slower at this width); data,
-MiniLM and the two evaluations add ≈ 15–25 s. Val image→text top-1 accuracy:
-
-    steps   retrieval   CPU s on one thread
-       0      2.5 %
-      50      7.5 %      16
-     100      7.5 %      32
-     200     10.0 %      69
-     400     12.5 %     154 for the whole train_teacher call
-     700     12.5 %     (the 400-step run extended)
-
+MiniLM and the two evaluations add ≈ 15–25 s. Val image→text top-1 accuracy after 0 / 50 / 100 /
+200 / 400 steps: 2.5 / 7.5 / 7.5 / 10.0 / 12.5 % (16 / 32 / 69 CPU s on one thread at 50 / 100 /
+200 steps, 154 s for the whole 400-step call), and 12.5 % with that run extended to 700 steps
 (one image = 2.5 points, so the curve is noisy, but it is 3–5× chance from 50 steps on; train-set
-retrieval is similar, so the tower underfits rather than memorises.) Variants at 200 steps —
+retrieval is similar, so the tower underfits rather than memorises). Variants at 200 steps —
 without centring the text embeddings 10 % (7.5 % at 300), without the faster t/b 7.5 % — are
 within that noise: both are kept on principle (see `Contrastive`, `build_optimizer`), not on
 evidence.
@@ -74,17 +67,15 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from viq.config import EncoderConfig, HeadConfig, ImageConfig, ModelConfig
 from viq.data.synth_render import PALETTE, SHAPES
-from viq.demo import resume
+from viq.train import checkpoint as ckpt
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2
 LR = 1e-3
@@ -335,10 +326,10 @@ def train_teacher(data_dir: Path, out_dir: Path, *, steps: int, encoder: Encoder
         raise ValueError("train_teacher: the teacher needs the MAP head (encoder.map_head=true)")
     if steps < 1:
         raise ValueError(f"train_teacher: steps must be >= 1, got {steps}")
-    options = {"kind": "teacher", "seed": seed, "image_size": image_size, "batch": batch,
-               "encoder": to_dict(encoder), "lr": lr, "warmup": warmup,
-               "dense_weight": dense_weight}
-    if resume.is_finished(out, options, steps):
+    options = dict(kind="teacher", seed=seed, image_size=image_size, batch=batch,
+                   encoder=to_dict(encoder), lr=lr, warmup=warmup, dense_weight=dense_weight)
+    run = ckpt.SingleFile(out, names=ckpt.state_names)
+    if run.finished(options, steps):
         return out
     train_x, train_t, train_l = load_pairs(Path(data_dir), "train", image_size, encoder.patch_size)
     val_x, val_t, val_l = load_pairs(Path(data_dir), "val", image_size, encoder.patch_size)
@@ -349,20 +340,14 @@ def train_teacher(data_dir: Path, out_dir: Path, *, steps: int, encoder: Encoder
         vit = ViTEncoder(encoder).train()
         head = Contrastive(encoder.width, emb["train"].mean(0))
         scene = SceneHead(encoder.width)
-    modules = {"encoder": vit, "contrastive": head, "scene": scene}
-    params = [p for m in modules.values() for p in m.parameters()]
+    modules = nn.ModuleDict({"encoder": vit, "contrastive": head, "scene": scene})
     opt = build_optimizer(vit, head, lr, scene)
-    info = resume.load_checkpoint(out, modules, opt, options)
-    if info is None:
-        info = {"options": options, "step": 0, "seconds": 0.0, "loss": [],
-                "retrieval_before": retrieval_top1(head, encode_eval(vit, val_x)[0], emb["val"],
-                                                   val_ids)}
-    start, t0 = info["step"], time.perf_counter() - info["seconds"]
-    bar = tqdm(total=steps, initial=start, desc="teacher", unit="step", disable=not progress)
+    info = run.resume(modules, opt, options, lambda: {"retrieval_before": retrieval_top1(
+        head, encode_eval(vit, val_x)[0], emb["val"], val_ids)})
     b = min(batch, len(train_t))
-    for step in range(start, steps):
-        idx = torch.randperm(len(train_t), generator=resume.step_generator(seed, step))[:b]
-        resume.warmup_lr(opt, lr, step, warmup)
+    for step, g in run.steps(modules, opt, info, steps, ckpt_every, seed, "teacher", progress):
+        idx = torch.randperm(len(train_t), generator=g)[:b]
+        ckpt.warmup_lr(opt, lr, step, warmup)
         enc_out = vit(list(train_x[idx]), pool=True)
         img, txt = head.embed(enc_out.pooled, emb["train"][idx])
         same = train_ids[idx][:, None] == train_ids[idx][None, :]  # (B, B)
@@ -371,16 +356,10 @@ def train_teacher(data_dir: Path, out_dir: Path, *, steps: int, encoder: Encoder
             loss = loss + dense_weight * scene.loss(vit.norm(enc_out.tokens.tokens), train_l[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
         opt.step()
         info["loss"].append(round(loss.item(), 5))
-        info["step"], info["seconds"] = step + 1, time.perf_counter() - t0
-        bar.update()
-        bar.set_postfix(loss=f"{info['loss'][-1]:.3f}")
-        if info["step"] % ckpt_every == 0 or info["step"] == steps:
-            resume.save_checkpoint(out, modules, opt, info)
-    bar.close()
-    return _finish(vit, head, scene, out, info, (val_x, emb["val"], val_ids, val_l))
+    return _finish(vit, head, scene, run, info, (val_x, emb["val"], val_ids, val_l))
 
 
 def teacher_model_config(encoder: EncoderConfig) -> ModelConfig:
@@ -392,9 +371,9 @@ def teacher_model_config(encoder: EncoderConfig) -> ModelConfig:
                                        pre_blocks=0, post_residual=0))
 
 
-def _finish(vit, head: Contrastive, scene: SceneHead, out: Path, info: dict,
+def _finish(vit, head: Contrastive, scene: SceneHead, run: ckpt.Checkpointer, info: dict,
             val: tuple) -> Path:
-    """Save the teacher as a viq checkpoint (+ the contrastive parts) and write ``done.json``."""
+    """Save the teacher as a viq checkpoint (+ the contrastive parts), then the finish record."""
     from safetensors.torch import save_file
 
     from viq.model.viq import ViQModel
@@ -403,20 +382,19 @@ def _finish(vit, head: Contrastive, scene: SceneHead, out: Path, info: dict,
         torch.manual_seed(0)
         model = ViQModel(teacher_model_config(vit.cfg))
     model.encoder.load_state_dict(vit.state_dict())
-    model.save_pretrained(out)
+    model.save_pretrained(run.out)
     save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()},
-              str(out / "contrastive.safetensors"))
+              str(run.out / "contrastive.safetensors"))
     val_x, val_emb, val_ids, val_l = val
     n = len(val_ids)
     vecs, normed = encode_eval(vit, val_x)
     shape_acc = scene.shape_accuracy(normed, val_l)
     done = {"options": info["options"], "steps": info["step"],
-            "seconds": round(info["seconds"], 1), "val_images": n,
-            "chance": round(1 / n, 4),
+            "seconds": round(info["seconds"], 1), "val_images": n, "chance": round(1 / n, 4),
             "retrieval_before": round(info["retrieval_before"], 4),
             "retrieval": round(retrieval_top1(head, vecs, val_emb, val_ids), 4),
             "patch_shape_accuracy": None if shape_acc is None else round(shape_acc, 4),
             "temperature": round(head.log_t.exp().item(), 3), "bias": round(head.b.item(), 3),
             "loss": info["loss"]}
-    resume.write_json_atomic(out / resume.DONE_FILE, done)
-    return out
+    run.finish(done)
+    return run.out

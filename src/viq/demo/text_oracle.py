@@ -1,5 +1,5 @@
 """The LLM's ceiling at demo scale: the demo's LLM trained with each image replaced by its caption
-as text (issue 12; part of ``viq ablate``; docs/demo.md, "The 6-layer LLM cannot read its own
+as text (part of ``viq ablate``; docs/demo.md, "The 6-layer LLM cannot read its own
 prompt").
 
     from viq.demo.text_oracle import caption_oracle

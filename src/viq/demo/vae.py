@@ -1,6 +1,6 @@
 """The demo's VAE: a small diffusers ``AutoencoderKL`` trained from scratch on the synthetic images
-(issue 12; the frozen latent target of L_recon and the decoder of reconstructions, SPEC A2, B4.1,
-Part C 9).
+(the frozen latent target of L_recon and the decoder of reconstructions, docs/design.md
+A2, B4.1, C9).
 
     from viq.demo.vae import train_vae
     train_vae(Path("demo/synth"), Path("demo/vae"), steps=STEPS)  # recommended STEPS below
@@ -12,7 +12,7 @@ convolutional: a model trained on crops runs unchanged at any size). It starts a
 8× block autoencoder of `viq.demo.vae_init` (``init="box"``; ``"random"``: diffusers' init).
 Loss: MSE on [-1, 1] pixels of a sampled latent + ``kl_weight``·KL (1e-6: a nearly deterministic
 autoencoder, as the reconstruction VAEs of latent diffusion), AdamW, linear warmup then a constant
-learning rate (so a run can be extended exactly, `viq.demo.resume`); the saved weights are an
+learning rate (so a run can be extended exactly, `viq.train.checkpoint`); the saved weights are an
 exponential moving average of the trained ones (``ema``, its decay ramping up over the first
 steps). Each batch: ``batch`` random ``crop``² crops of train images at their native scale or
 downscaled (more context per crop: half the crops come from an image shrunk by a log-uniform
@@ -57,15 +57,14 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from torch import nn
 
 from viq.config import ImageConfig
-from viq.demo import resume
+from viq.train import checkpoint as ckpt
 
 CHANNELS = (16, 32, 64, 64)  # 0.97 M parameters
 INIT = "box"  # `viq.demo.vae_init.box_init`; "random": diffusers' own init
@@ -91,22 +90,13 @@ def build_autoencoder(latent_channels: int, channels: tuple[int, ...], seed: int
                       init: str = "random"):
     """A seeded, trainable diffusers ``AutoencoderKL`` (len(channels) blocks, 8× with 4);
     ``init="box"`` starts it as the colour-exact block autoencoder of `viq.demo.vae_init`."""
-    from diffusers import AutoencoderKL
-
+    from viq.backends.vae import seeded_autoencoder
     from viq.demo.vae_init import box_init
 
     if init not in ("random", "box"):
         raise ValueError(f"VAE init {init!r}: expected 'box' or 'random'")
-
-    n = len(channels)
-    groups = norm_groups(channels)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * n,
-                            up_block_types=("UpDecoderBlock2D",) * n,
-                            block_out_channels=tuple(channels), layers_per_block=1,
-                            latent_channels=latent_channels, norm_num_groups=groups,
-                            mid_block_add_attention=False, scaling_factor=1.0)
+    vae = seeded_autoencoder(latent_channels, channels, seed, norm_groups(channels),
+                             mid_block_add_attention=False, scaling_factor=1.0)
     with torch.no_grad():  # start nearly deterministic: posterior std e^-5 (see the docstring)
         vae.quant_conv.weight[latent_channels:] = 0  # (2Z, 2Z, 1, 1): rows Z.. are the log-var
         vae.quant_conv.bias[latent_channels:] = INIT_LOGVAR
@@ -210,24 +200,20 @@ def train_vae(data_dir: Path, out_dir: Path, *, steps: int, seed: int = 0, crop:
         raise ValueError(f"train_vae: steps must be >= 1, got {steps}")
     if not 0 <= ema < 1:
         raise ValueError(f"train_vae: ema must be in [0, 1) (0: none), got {ema}")
-    if resume.is_finished(out, options, steps):
+    run = ckpt.SingleFile(out, names=ckpt.state_names)
+    if run.finished(options, steps):
         return out
     train = load_images(Path(data_dir), "train")
     val = load_images(Path(data_dir), "val", val_images)
     vae = build_autoencoder(latent_channels, channels, seed, init).train()
-    modules = {"vae": vae}
+    modules = nn.ModuleDict({"vae": vae})
     if ema:
         modules["ema"] = copy.deepcopy(vae).requires_grad_(False)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    info = resume.load_checkpoint(out, modules, opt, options)
-    if info is None:
-        info = {"options": options, "step": 0, "seconds": 0.0, "loss": []}
-    start, t0 = info["step"], time.perf_counter() - info["seconds"]
-    bar = tqdm(total=steps, initial=start, desc="vae", unit="step", disable=not progress)
-    for step in range(start, steps):
-        g = resume.step_generator(seed, step)
+    info = run.resume(modules, opt, options)
+    for step, g in run.steps(modules, opt, info, steps, ckpt_every, seed, "vae", progress):
         x = sample_batch(train, crop, batch, g)  # (B, 3, crop, crop)
-        resume.warmup_lr(opt, lr, step, warmup)
+        ckpt.warmup_lr(opt, lr, step, warmup)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample(generator=g)).sample
         mse = F.mse_loss(rec, x)
@@ -239,13 +225,7 @@ def train_vae(data_dir: Path, out_dir: Path, *, steps: int, seed: int = 0, crop:
         if ema:
             _ema_update(modules["ema"], vae, min(ema, (1 + step) / (10 + step)))
         info["loss"].append(round(mse.item(), 6))
-        info["step"], info["seconds"] = step + 1, time.perf_counter() - t0
-        bar.update()
-        bar.set_postfix(mse=f"{info['loss'][-1]:.4f}")
-        if info["step"] % ckpt_every == 0 or info["step"] == steps:
-            resume.save_checkpoint(out, modules, opt, info)
-    bar.close()
-    return _finish(modules.get("ema", vae), out, info, train, val)
+    return _finish(modules["ema"] if ema else vae, run, info, train, val)
 
 
 @torch.no_grad()
@@ -255,15 +235,15 @@ def _ema_update(avg, model, decay: float) -> None:
         a.lerp_(p, 1 - decay)
 
 
-def _finish(vae, out: Path, info: dict, train: list[torch.Tensor],
+def _finish(vae, run: ckpt.Checkpointer, info: dict, train: list[torch.Tensor],
             val: list[torch.Tensor]) -> Path:
-    """Save the VAE (with latent statistics in its config) and write ``done.json`` last."""
+    """Save the VAE (with latent statistics in its config), then the finish record."""
     mean, std = latent_stats(vae, train[:16])
     vae.register_to_config(latents_mean=mean, latents_std=std, scaling_factor=1.0)
-    vae.save_pretrained(str(out))
+    vae.save_pretrained(str(run.out))
     done = {"options": info["options"], "steps": info["step"],
             "seconds": round(info["seconds"], 1),
             "psnr": round(evaluate(vae, val), 2), "val_images": len(val),
             "latent_std_mean": round(sum(std) / len(std), 4), "loss": info["loss"]}
-    resume.write_json_atomic(out / resume.DONE_FILE, done)
-    return out
+    run.finish(done)
+    return run.out

@@ -1,4 +1,4 @@
-"""A colour-exact starting point for the demo's ``AutoencoderKL`` (`viq.demo.vae`, issue 12).
+"""A colour-exact starting point for the demo's ``AutoencoderKL`` (`viq.demo.vae`).
 
     from viq.demo.vae_init import box_init
     box_init(vae)  # in place, before training

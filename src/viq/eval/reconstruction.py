@@ -1,9 +1,8 @@
-"""Reconstruction: codes → features → latent head → VAE decoder → image; PSNR / SSIM / code usage.
+"""Reconstruction metrics: codes → image through a run's drawer; PSNR / SSIM / code usage.
 
-The drawer of a trained stage-2 run (SPEC B4.2): ``model.embed(codes)`` (no encoder), the run's
-``latent.latent_head`` and the decoder of its frozen VAE; or of a decoder run
-(`viq.train.stages.decoder`, ``vae.head = "codes"``), whose code decoder reads the codes'
-values (``model.code_values(codes)``) instead of the decoded features. Images are compared at
+The drawer is the one codes → image path, `viq.eval.drawing` (docs/design.md B4.2): a trained
+stage-2-2 run's latent head on ``model.embed(codes)``, or a decoder run's code decoder on the
+codes' values (C28), and the decoder of the run's frozen VAE. Images are compared at
 the resolution the encoder saw (the model's resize rule, native aspect ratio; the patch padding is
 cropped off), in [0, 1]: PSNR = 10·log10(1 / MSE) over all pixels and channels, SSIM from
 torchmetrics (Gaussian window 11, σ 1.5). With ``vae=True`` each image also goes through the
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from viq.data.images import load_for_encoder
+from viq.eval.drawing import objective_drawer
 from viq.model.viq import ImageCodes
 from viq.train.objective import Objective
 
@@ -44,42 +44,10 @@ class ReconResult:
         return out
 
 
-def _check_drawer(obj: Objective) -> None:
-    if not hasattr(obj, "latent") or not obj.model.head.has_codes:
-        raise ValueError(f"run stage {obj.cfg.stage.name!r}: reconstruction needs an FSQ head "
-                         "and a trained latent head (a stage-2-2 or decoder run)")
-
-
 @torch.no_grad()
 def draw(obj: Objective, codes: Sequence[ImageCodes]) -> list[torch.Tensor]:
-    """Codes → images (3, 16h, 16w) in [-1, 1] through the run's latent head (on the decoded
-    features) or code decoder (on the codes' values) and the VAE decoder."""
-    _check_drawer(obj)
-    codes = list(codes)
-    feats = (obj.model.code_values(codes) if obj.latent.reads_codes
-             else obj.model.embed(codes))
-    return [obj.latent.vae.decode(lat[None].float())[0].clamp(-1, 1)
-            for lat in obj.latent.predict(feats)]
-
-
-def run_drawer(run: str | Path, device: str = "cpu"):
-    """The `ViQDrawer` of a trained run folder (a stage-2-2 run: its latent head; a decoder run:
-    its code decoder), with the run's frozen VAE, in eval; ``drawer.report`` says which and
-    ``drawer.sources`` names what it was built from (its weights file, its VAE)."""
-    from viq.eval.understanding import load_run, run_files
-    from viq.model.drawer import ViQDrawer
-
-    run = Path(run)
-    if run.name == "final" and (run / "train_config.json").is_file():
-        run = run.parent  # the run's final/ folder names the run
-    obj = load_run(run, device, answers=False)
-    _check_drawer(obj)
-    drawer = ViQDrawer(obj.model, obj.latent.latent_head, obj.latent.vae).eval()
-    what = "code decoder" if obj.latent.reads_codes else "latent head"
-    drawer.report = [f"run {run}: stage {obj.cfg.stage.name!r}, its {what} and VAE "
-                     f"({obj.cfg.vae.source})"]
-    drawer.sources = {"weights": run_files(run)[1], "vae": obj.cfg.vae.source}
-    return drawer
+    """Codes → images (3, 16h, 16w) in [-1, 1] through the run's drawer (`objective_drawer`)."""
+    return objective_drawer(obj).decode(list(codes))
 
 
 @torch.no_grad()
@@ -113,14 +81,14 @@ def reconstruct_files(obj: Objective, paths: Sequence[str | Path], keep: int = 0
     ``keep`` (original, reconstruction[, VAE alone]) tuples in [0, 1] for figures; each image's
     codes are appended to ``codes_out`` when given (so a caller needs no second encoder pass).
     ``vae``: also the VAE alone (``vae_psnr`` / ``vae_ssim``, per image and on average)."""
-    _check_drawer(obj)
+    drawer = objective_drawer(obj)
     per, pairs = [], []
     for path in paths:
         img = load_for_encoder(path, obj.cfg.model.image, name=str(path))
         codes = obj.model.encode([img])
         if codes_out is not None:
             codes_out.extend(codes)
-        rec = draw(obj, codes)[0]
+        rec = drawer.decode(codes)[0]
         h, w = img.shape[1:]
         x, y = img * 0.5 + 0.5, rec[:, :h, :w].cpu() * 0.5 + 0.5
         per.append({"image": str(path), "size": [int(w), int(h)], "psnr": psnr(x, y),

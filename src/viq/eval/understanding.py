@@ -9,7 +9,7 @@ is rebuilt with `load_run`. `predict` answers each sample of a LLaVA split greed
 - ``images``: the run's own features (stage 1: continuous encoder tokens; stage 2: the head's
   output — quantized for an FSQ stage),
 - ``codes``: features embedded from stored codes (`viq.codes.store.CodeStore`, no encoder: the
-  offline path of SPEC A4),
+  offline path of docs/design.md A4),
 - ``shuffled``: every sample gets another sample's image (a blind baseline that keeps the image
   block, so only the pairing is lost),
 - ``blind``: the image tokens are removed from the prompt.

@@ -1,5 +1,5 @@
-"""The code decoder: a patch's FSQ codes → its VAE latent, trained on a frozen ViQ (SPEC A2,
-"decoder (separate)"; Part C 9).
+"""The code decoder: a patch's FSQ codes → its VAE latent, trained on a frozen ViQ (docs/design.md
+A2, "decoder (separate)"; C9).
 
 The paper trains its pixel decoder apart from the tokenizer, on the frozen ViQ. Ours regresses the
 frozen VAE's latent like L_recon does (½·mean squared error; the VAE's decoder draws the image),

@@ -1,5 +1,5 @@
-"""The ViQ quantizer head: encoder features → discrete codes → features for the LLM (SPEC A1,
-B2 steps 1–9, B3.1, Part C 1).
+"""The ViQ quantizer head: encoder features → discrete codes → features for the LLM (docs/design.md
+A1, B2 steps 1–9, B3.1, C1).
 
 One module, two layouts (``HeadConfig.layout``):
 
@@ -8,7 +8,8 @@ One module, two layouts (``HeadConfig.layout``):
 ``project_in`` C→d → quantizer → ``project_out`` d→C → fold S→1 + MLP → post MLP + residual MLPs →
 learned per-channel affine.
 
-``paper`` (A2, decided here since paper and release are silent on the details, SPEC 2.1/5.4):
+``paper`` (A2, decided here since paper and release are silent on the details, docs/design.md B2.1,
+B5.4):
   - stage 2-1 (``quantizer`` = proximal/identity): LN → pre-blocks → ``bottleneck_in`` C→D →
     proximal bound (L∞ default) → ``bottleneck_out`` D→C → post → affine. No expansion.
   - stage 2-2 (``quantizer`` = fsq): the same, and inside the bottleneck the released stack at width
@@ -17,11 +18,11 @@ learned per-channel affine.
   In the released layout a proximal/identity quantizer sits where FSQ sits (project_in C→D).
 
 Parameter names mirror the release's ``fusion_block.vq_low*`` keys so that a prefix map gives the
-published file layout (``viq.backends.release``). Numerics (``official_compat``, SPEC B8.1 ⚑): with
-it, ``project_in`` runs in the model dtype (bf16 in the release) and RoPE uses the release's bf16
-angles; without it ``project_in`` runs in fp32. In both, FSQ rounds in fp32 and the quantized values
-are cast to the model dtype before ``project_out`` — in the forward and in ``embed`` alike, so
-``embed(codes)`` reproduces the forward's features exactly.
+published file layout (``viq.model.release``). Numerics (``official_compat``, docs/design.md B8.1
+⚑): with it, ``project_in`` runs in the model dtype (bf16 in the release) and RoPE uses the
+release's bf16 angles; without it ``project_in`` runs in fp32. In both, FSQ rounds in fp32 and the
+quantized values are cast to the model dtype before ``project_out`` — in the forward and in
+``embed`` alike, so ``embed(codes)`` reproduces the forward's features exactly.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from viq.config import HeadConfig
+from viq.config import HeadConfig, check
 from viq.model.headwise import HeadwiseBlock, ResidualMlp, SlotPositions, apply_linear
 from viq.model.layers import Block, Mlp, linear_rows
 from viq.model.packing import Packed
@@ -61,14 +62,12 @@ class ViQHead(nn.Module):
 
     def __init__(self, cfg: HeadConfig, width: int) -> None:
         super().__init__()
-        if width % cfg.heads:
-            raise ValueError(f"config field 'head.heads': encoder width {width} is not divisible "
-                             f"by head.heads={cfg.heads}")
+        check(width % cfg.heads == 0, "head.heads",
+              f"encoder width {width} is not divisible by head.heads={cfg.heads}")
         self.cfg, self.width = cfg, width
         paper = cfg.layout == "paper"
-        if paper and cfg.bottleneck_dim > width:
-            raise ValueError(f"config field 'head.bottleneck_dim': {cfg.bottleneck_dim} exceeds "
-                             f"the encoder width {width}; a bottleneck must narrow")
+        check(not paper or cfg.bottleneck_dim <= width, "head.bottleneck_dim",
+              f"{cfg.bottleneck_dim} exceeds the encoder width {width}; a bottleneck must narrow")
         self.expanded = (not paper) or cfg.quantizer == "fsq"
         stage = cfg.bottleneck_dim if paper else width  # width of the expansion stage
         self.stage_width = stage
@@ -257,8 +256,8 @@ class ViQHead(nn.Module):
     def embed(self, codes: torch.Tensor, grids: Sequence[tuple[int, int]]) -> Packed:
         """Integer codes (S·N,) patch-major → features (Packed, per_token=1).
 
-        The decode half only (SPEC B3.1): implicit codebook → project_out → fold → post → affine.
-        No attention, so each patch is decoded on its own.
+        The decode half only (docs/design.md B3.1): implicit codebook → project_out → fold → post →
+        affine. No attention, so each patch is decoded on its own.
         """
         if not self.has_codes:
             raise ValueError(f"head.quantizer={self.cfg.quantizer!r} has no discrete codes; "

@@ -1,5 +1,5 @@
 """Building blocks of the quantizer head: head-wise attention over code slots, residual MLPs,
-positions for the slots (SPEC B2, B2.5, B2.6, B2.7).
+positions for the slots (docs/design.md B2, B2.5, B2.6, B2.7).
 
 Head-wise attention (the release's ``RoPEBlockHeadless``): every patch has ``S`` sub-tokens
 ("slots", S = 4); the packed sub-token sequence is patch-major (n0s0, n0s1, …, n1s0, …). Inside the
@@ -8,12 +8,12 @@ image. The C-wide sub-tokens are narrowed to the head dim first (``decrease_dim`
 larger than the release's maximum head dim (256), widened back after (``increase_dim``). A 2D RoPE
 rotates q and k; the MLP branch is token-wise and shared across slots.
 
-Positions (Part C 4): ``golden`` = the release's mixed-direction RoPE (default), ``axial`` = the
+Positions (C4): ``golden`` = the release's mixed-direction RoPE (default), ``axial`` = the
 paper's h/w RoPE, ``none``, ``learned`` = a learned table resized to the grid and added to the
 sub-tokens before the blocks (the paper's ablation; every slot of a patch gets the same vector).
 
 Deviation from the release: attention is a loop of per-image SDPA calls (``attend_per_image``)
-instead of flash-attn varlen (Part C 2); with ``compat`` the RoPE numerics are the release's.
+instead of flash-attn varlen (C2); with ``compat`` the RoPE numerics are the release's.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def apply_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class ResidualMlp(nn.Module):
-    """x + mlp(norm(x)) (the release's ``ResualMLP``; its LayerNorm uses eps 1e-5, SPEC B2)."""
+    """x + mlp(norm(x)) (the release's ``ResualMLP``; its LayerNorm uses eps 1e-5, docs/design.md
+    B2)."""
 
     def __init__(self, dim: int, hidden: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -48,7 +49,8 @@ class ResidualMlp(nn.Module):
 
 
 class HeadwiseAttention(nn.Module):
-    """Attention in which each of the ``slots`` sub-tokens of a patch is one head (SPEC B2.5)."""
+    """Attention in which each of the ``slots`` sub-tokens of a patch is one head (docs/design.md
+    B2.5)."""
 
     def __init__(self, dim: int, head_dim: int, slots: int, compat: bool) -> None:
         super().__init__()

@@ -1,4 +1,5 @@
-"""VAE-latent regression head: per-patch features → a VAE latent per image (SPEC B4.1, B4.2).
+"""VAE-latent regression head: per-patch features → a VAE latent per image (docs/design.md B4.1,
+B4.2).
 
 The release's reconstruction path (``QwenImageVAEHead`` for training, ``IndexDrawer`` for
 codes → image) predicts the raw, un-normalised latent *mean* of the frozen Qwen-Image VAE:
@@ -11,7 +12,7 @@ codes → image) predicts the raw, un-normalised latent *mean* of the frozen Qwe
 
 Module names equal the release's after a prefix (``preprocess_layers.`` ↔
 ``vae_preprocess_layers.``, ``conv_norm_out.``/``conv_out.`` ↔
-``vae_head.conv_norm_out.``/``vae_head.conv_out.``; `viq.backends.release.LATENT_PREFIXES`). The
+``vae_head.conv_norm_out.``/``vae_head.conv_out.``; `viq.model.release.LATENT_PREFIXES`). The
 same module is the stage 2-1 latent-loss head.
 
 Deviations: GroupNorm uses 32 groups as released when 32 divides C; for small test widths that 32
@@ -51,7 +52,7 @@ class LatentHead(nn.Module):
         self.preprocess_layers = nn.ModuleList(layers)
         self.conv_norm_out = nn.GroupNorm(group_count(width), width, eps=1e-6)
         self.conv_out = nn.Conv2d(width, 4 * latent_channels, 3, padding=1)
-        # the release's init (SPEC B4.1 step 2): kaiming-uniform weight, zero bias
+        # the release's init (docs/design.md B4.1 step 2): kaiming-uniform weight, zero bias
         nn.init.kaiming_uniform_(self.conv_out.weight, a=math.sqrt(5))
         nn.init.zeros_(self.conv_out.bias)
 

@@ -1,12 +1,13 @@
 """Transformer building blocks shared by the encoder, the quantizer head and the latent head.
 
 Parameter names follow the timm / ViQ-release layout (``qkv``, ``proj``, ``fc1``, ``fc2``,
-``norm1``, ``norm2``) so that published weight files map onto them by prefix only (SPEC B6.3).
+``norm1``, ``norm2``) so that published weight files map onto them by prefix only (docs/design.md
+B6.3).
 
 Attention is per image: a loop of ``scaled_dot_product_attention`` calls over the packed sequence
-(SPEC Part C 2). On CPU this was ~11× faster than one call with a block-diagonal mask, on GPU it
+(docs/design.md C2). On CPU this was ~11× faster than one call with a block-diagonal mask, on GPU it
 uses the fused SDPA kernels, and in bf16 it is the only variant that is bit-compatible with the
-release's varlen flash-attention semantics (SPEC B1.4).
+release's varlen flash-attention semantics (docs/design.md B1.4).
 
 Batch invariance: a packed token's value must not depend on which other images share the batch.
 Row-wise ops (LayerNorm, GELU, per-image SDPA) are, but the CPU GEMM picks a different kernel for
@@ -127,7 +128,7 @@ class AttentionPool(nn.Module):
     """MAP head: one learned query attends over an image's tokens, then x + mlp(norm(x)).
 
     Names follow timm `AttentionPoolLatent` (``latent``, ``q``, ``kv``, ``proj``, ``norm``,
-    ``mlp``), SPEC B1.7. Input packed tokens (N, C), output (B, C): one vector per image.
+    ``mlp``), docs/design.md B1.7. Input packed tokens (N, C), output (B, C): one vector per image.
     """
 
     def __init__(self, dim: int, heads: int, mlp_dim: int, eps: float = 1e-6,

@@ -1,8 +1,8 @@
 """Packed variable-resolution batches.
 
-Images of different sizes are never padded to a common size (SPEC B1.4, Part C 2): their tokens are
-concatenated along one sequence axis and every attention layer runs per image. A `Packed` holds the
-token tensor (N, C) with N = Σ h_i·w_i, the per-image patch grids and, from them, the offsets.
+Images of different sizes are never padded to a common size (docs/design.md B1.4, C2): their tokens
+are concatenated along one sequence axis and every attention layer runs per image. A `Packed` holds
+the token tensor (N, C) with N = Σ h_i·w_i, the per-image patch grids and, from them, the offsets.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The vision → LLM projector (SPEC B3.2, the release's ``OryxMLPv2``; Part C 3).
+"""The vision → LLM projector (docs/design.md B3.2, the release's ``OryxMLPv2``; C3).
 
 Per image, (h·w, C) patch features → (image_token_count(grid), H) LLM input embeddings:
 
@@ -16,7 +16,7 @@ Parameter names equal the release's (``proj1``, ``pooler.predictor.0/.2``, ``pro
 pooled tokens, 1 at construction (the release's projector), set by `Projector.calibrate` at a
 fresh start of training.
 
-Deviation (Part C 3): the release requires even grids. Here an odd h or w is padded after
+Deviation (C3): the release requires even grids. Here an odd h or w is padded after
 ``proj1`` by **replicating** the last row/column (``F.pad(mode="replicate")``), so a padded window
 pools only real features: a 1×1 grid gives back its one projected patch, and a window with two
 real members duplicated gives their own softmax blend. Zero padding would instead add a zero
@@ -33,7 +33,8 @@ from viq.model.packing import Packed
 
 
 class NormalizedDwPooler(nn.Module):
-    """Learned 2×2 pooling with per-channel softmax weights over the window (SPEC B3.2 step 2)."""
+    """Learned 2×2 pooling with per-channel softmax weights over the window (docs/design.md B3.2
+    step 2)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()

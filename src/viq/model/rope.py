@@ -1,4 +1,5 @@
-"""2D rotary position embeddings for the head-wise pre-quant attention (SPEC B2.6, B8.1, Part C 4).
+"""2D rotary position embeddings for the head-wise pre-quant attention (docs/design.md B2.6, B8.1,
+C4).
 
 Two tables of rotation angles for a patch grid (h rows, w columns), both of shape (h·w, n_heads, F)
 with F = head_dim/2 pairs and tokens in row-major (raster) order, plus one rotation:

@@ -1,9 +1,9 @@
-"""The ViQ model: any-resolution encoder + quantizer head (SPEC A1, B2, B3.1, Part C 1, 5, 6).
+"""The ViQ model: any-resolution encoder + quantizer head (docs/design.md A1, B2, B3.1, C1, 5, 6).
 
 - ``forward(images)``: features for the LLM / distillation / reconstruction consumers (training),
   plus the codes and the quantizer's stats.
 - ``encode(images)``: per image an ``ImageCodes`` = (h, w, S) int64 codes (patch raster order, then
-  the S = 4 slots; Part C 6) with its grid and FSQ levels.
+  the S = 4 slots; C6) with its grid and FSQ levels.
 - ``embed(codes)``: codes → features with the decode half of the head only (no encoder, no
   attention; the release's ``IndexEmbeder``). ``embed(encode(x))`` equals ``forward(x).features``.
 - ``save_pretrained(dir)`` / ``from_pretrained(dir)``: ``config.json`` (the ``ModelConfig``) +
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from viq.config import ModelConfig, load_json, save_json
+from viq.config import ModelConfig, codebook_size, load_json, save_json
 from viq.model.head import HeadOutput, ViQHead
 from viq.model.packing import Packed
 from viq.model.state import state_mismatch
@@ -52,10 +52,7 @@ class ImageCodes:
 
     @property
     def codebook_size(self) -> int:
-        k = 1
-        for lv in self.levels:
-            k *= lv
-        return k
+        return codebook_size(self.levels)
 
 
 @dataclass
@@ -200,7 +197,9 @@ class ViQModel(nn.Module):
         d.mkdir(parents=True, exist_ok=True)
         save_json(self.cfg, d / CONFIG_NAME)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(d / WEIGHTS_NAME), metadata={"format": "pt", "library": "viq"})
+        # one metadata key: safetensors writes several in a random order, and the file's sha256
+        # is the model's identity in a code store's fingerprint (docs/design.md C13)
+        save_file(state, str(d / WEIGHTS_NAME), metadata={"format": "pt"})
         return d
 
     @classmethod

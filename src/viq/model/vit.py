@@ -1,12 +1,12 @@
-"""Any-resolution SigLIP2-style ViT (SPEC A1, B1).
+"""Any-resolution SigLIP2-style ViT (docs/design.md A1, B1).
 
 Images enter at their native size (already resized by `viq.data.images`), are zero-padded on the
-right/bottom to a multiple of the patch size (SPEC B1.4), patchified, and get a learned position
-table resized to their patch grid. All images of a batch are packed into one token sequence; every
-attention layer runs per image (no attention across images, no padding cost).
+right/bottom to a multiple of the patch size (docs/design.md B1.4), patchified, and get a learned
+position table resized to their patch grid. All images of a batch are packed into one token
+sequence; every attention layer runs per image (no attention across images, no padding cost).
 
-Outputs (SPEC B1.6, B1.7): the last block's tokens **before** the final LayerNorm (what the ViQ head
-consumes) and, optionally, the MAP-pooled vector (final norm → attention pool).
+Outputs (docs/design.md B1.6, B1.7): the last block's tokens **before** the final LayerNorm (what
+the ViQ head consumes) and, optionally, the MAP-pooled vector (final norm → attention pool).
 
 Departures from the release: no flash-attn (per-image SDPA instead); the patch conv is computed as
 one matmul over unfolded patches (same parameters, ``patch_embed.proj.weight`` [C, 3, p, p]),
@@ -56,7 +56,7 @@ class PatchEmbed(nn.Module):
     CPU in fp32 and bf16 (docs/encoder.md). ``mode="conv"``: the release's own ``Conv2d`` call
     on a (1, 3, H, W) batch of one, in the parameters' dtype — what ``official_compat`` uses,
     since in bf16 the two differ by one rounding step in ~0.02 % of the elements and 40 bf16
-    blocks turn that into flipped codes (SPEC B1.2, B8.1). Same parameters either way.
+    blocks turn that into flipped codes (docs/design.md B1.2, B8.1). Same parameters either way.
     """
 
     def __init__(self, patch: int, width: int, mode: str = "matmul") -> None:
@@ -96,9 +96,9 @@ def resize_pos_table(table: torch.Tensor, grid: int, h: int, w: int,
                      antialias: bool = False) -> torch.Tensor:
     """Resize a (grid², C) position table to (h·w, C); identity at the native grid.
 
-    Bilinear, ``align_corners=False`` (SPEC B1.3). Without antialias it runs in the table's dtype,
-    as the release does; with antialias (the Hugging Face Siglip2 rule) it runs in fp32 and casts
-    back, as transformers does.
+    Bilinear, ``align_corners=False`` (docs/design.md B1.3). Without antialias it runs in the
+    table's dtype, as the release does; with antialias (the Hugging Face Siglip2 rule) it runs in
+    fp32 and casts back, as transformers does.
     """
     if (h, w) == (grid, grid):
         return table
@@ -122,7 +122,8 @@ class EncoderOutput:
 
 
 class ViTEncoder(nn.Module):
-    """The any-resolution ViT. Parameter names match the release's flat state dict (SPEC B6.3)."""
+    """The any-resolution ViT. Parameter names match the release's flat state dict (docs/design.md
+    B6.3)."""
 
     def __init__(self, cfg: EncoderConfig, patch_embed: str = "matmul") -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""Quantizers behind one small contract (SPEC A3, B2.1, B2.3, Part C 1).
+"""Quantizers behind one small contract (docs/design.md A3, B2.1, B2.3, C1).
 
 ``build_quantizer("fsq" | "proximal" | "identity", dim, levels=None, bound="linf")`` returns an
 ``nn.Module`` with ``dim``, ``codebook_size`` and ``forward(z) -> QuantOutput`` (see

@@ -1,4 +1,5 @@
-"""The quantizer contract shared by FSQ, the proximal bounds and the identity (SPEC A3, Part C 1).
+"""The quantizer contract shared by FSQ, the proximal bounds and the identity (docs/design.md A3,
+C1).
 
 Every quantizer is an ``nn.Module`` with
 

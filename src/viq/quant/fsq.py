@@ -1,4 +1,4 @@
-"""Finite scalar quantization with the released numerics (SPEC A3, B2.3, B2.4, B8.1, Part C 5).
+"""Finite scalar quantization with the released numerics (docs/design.md A3, B2.3, B2.4, B8.1, C5).
 
 Each of the d channels is squashed by a shifted tanh and rounded to one of L_k levels with a
 straight-through gradient; the codebook is implicit (the product of the levels). The math is the
@@ -12,7 +12,7 @@ Rounding always runs in fp32 with autocast disabled; the input is cast to fp32 *
 whatever dtype produced it (the release's bf16 projection, then fp32 rounding: B8.1 ⚑).
 
 Index layout: index = Σ_k ℓ_k·basis_k with ℓ_k ∈ [0, L_k) and basis = cumprod([1] + L[:-1]); the
-first dimension is least significant. Deviation from the release (Part C 5): the index is computed
+first dimension is least significant. Deviation from the release (C5): the index is computed
 from the integer levels in int64 instead of from the float values (bf16 cannot hold integers above
 256 exactly); for fp32 inputs the result is identical.
 """
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from viq.quant.base import QuantOutput, code_usage_stats
 
-# Level presets of the published weights (SPEC A3 / B2.3); "64k" is the paper's default.
+# Level presets of the published weights (docs/design.md A3 / B2.3); "64k" is the paper's default.
 FSQ_PRESETS: dict[str, tuple[int, ...]] = {
     "2k": (8, 8, 4, 3, 3),
     "4k": (8, 8, 4, 4, 4),

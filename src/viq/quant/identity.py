@@ -1,4 +1,4 @@
-"""Pass-through quantizer for stage 1 (SPEC A2 stage 1, Part C 1).
+"""Pass-through quantizer for stage 1 (docs/design.md A2 stage 1, C1).
 
 Stage 1 trains the any-resolution ViT without a bottleneck; the head still calls a quantizer so
 that stages differ only in configuration ("stages are data"), and this one returns its input.

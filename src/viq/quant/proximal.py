@@ -1,4 +1,4 @@
-"""Proximal bounds of the stage 2-1 bottleneck (SPEC A2 stage 2-1, B2.1, Part C 1).
+"""Proximal bounds of the stage 2-1 bottleneck (docs/design.md A2 stage 2-1, B2.1, C1).
 
 The paper's "proximal representation" projects each D-wide bottleneck token onto the surface of the
 unit L∞ ball (‖f‖∞ = 1) so that the later switch to FSQ (values in [-1, 1]) changes little. The

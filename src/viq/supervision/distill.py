@@ -1,5 +1,5 @@
 """L_distill: cosine distance of the student's pooled vector to a frozen fixed-resolution teacher's
-(SPEC A2, B1.7, B5.1, Part C 8).
+(docs/design.md A2, B1.7, B5.1, C8).
 
     L_distill = mean_i (1 − cos(align(s_i), t_i))        ∈ [0, 2]
 
@@ -21,7 +21,7 @@
   student's vector first. Equal widths: no ``align`` (``None``), as released.
 
 Deviations from the release: the loss weight (the release's fixed 10×) lives in the stage's loss
-weights, not here; there are no dummy images to mask (Part C 7); no ``CLS_MAX_RES`` subsampling.
+weights, not here; there are no dummy images to mask (C7); no ``CLS_MAX_RES`` subsampling.
 """
 
 from __future__ import annotations
@@ -35,10 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from viq.config import DTYPES
 from viq.model.vit import ViTEncoder
 from viq.supervision.config import TeacherConfig
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class Teacher(nn.Module):

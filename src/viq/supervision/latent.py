@@ -1,4 +1,4 @@
-"""L_recon: regress the frozen VAE's latent mean with the latent head (SPEC A2, B4.1, Part C 9).
+"""L_recon: regress the frozen VAE's latent mean with the latent head (docs/design.md A2, B4.1, C9).
 
 Per image: the (unpadded, [-1, 1]) image is zero-padded right/bottom to a multiple of 16 px
 (`viq.model.vit.pad_to_patch`, the encoder's own padding), encoded by the frozen VAE under
@@ -16,7 +16,7 @@ image, and images are averaged with equal weight.
 Deviations from the release (B4.1 step 5): the ½ factor (the release uses the plain mean squared
 error: λ_recon = 2 reproduces it); no 1e-13·NLL term; no "skip squares below 256 px" rule — that
 rule only filtered the release's dummy images for text-only samples, which this project does not
-create (Part C 7), so every image counts.
+create (C7), so every image counts.
 
 With ``vae.head = "codes"`` the regressor is the `CodeDecoder`, which reads the FSQ codes' grid
 values instead of features (the separate decoder of `viq.train.stages.decoder`); the loss is the
@@ -37,13 +37,12 @@ import torch
 from torch import nn
 
 from viq.backends import vae as vae_backend
+from viq.config import DTYPES
 from viq.model.code_decoder import CodeDecoder
 from viq.model.latent import LatentHead
 from viq.model.packing import Packed
 from viq.model.vit import pad_to_patch
 from viq.supervision.config import VAEConfig
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class FrozenVAE(nn.Module):

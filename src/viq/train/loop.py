@@ -1,4 +1,4 @@
-"""The one training loop (SPEC A2, B5.3; STYLE.md "Stages are data").
+"""The one training loop (docs/design.md A2, B5.3, D3).
 
     viq train --preset tiny_stage1 --out-dir runs/s1          # seconds on a laptop
 
@@ -7,11 +7,13 @@ trainable parameters, start from ``stage.init_from`` (or resume the newest check
 ``out_dir``), then per step: ``grad_accum`` micro-batches under optional bf16 autocast → skip the
 step if the loss is not finite (counted; abort after ``run.max_nonfinite`` in a row) → clip →
 AdamW → warmup + cosine schedule to a floor. Metrics go to ``metrics.jsonl`` and TensorBoard;
-checkpoints are atomic (`viq.train.checkpoint`); SIGTERM/SIGINT write a checkpoint and end the run
-with exit status 0, and ``--resume`` continues as if it had never stopped (same data order, RNG,
-optimizer and schedule). At the end the ViQ model is exported with ``save_pretrained`` into
+checkpoints go through the one checkpointer, chosen once from ``run.dist`` (`viq.train.checkpoint`:
+single-file or sharded, atomic); SIGTERM/SIGINT write a checkpoint and end the run with exit
+status 0, and ``--resume`` continues as if it had never stopped (same data order, RNG, optimizer
+and schedule). At the end the ViQ model is exported with ``save_pretrained`` into
 ``out_dir/final`` (``viq encode --checkpoint out_dir/final``), next to ``weights.safetensors``
-(what the next stage's ``init_from`` reads).
+(what the next stage's ``init_from`` reads), and the finish record ``done.json`` is written last
+(docs/design.md C23, D4).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from viq.train.config import TrainConfig
 from viq.train.data import TrainData, resolve_paths
 from viq.train.metrics import MetricsWriter
 from viq.train.objective import LossOutput, Objective, build_objective
+from viq.train.sharded import Sharded
 from viq.train.stages import param_groups, select_trainable, trainable_table
 
 
@@ -105,11 +108,13 @@ class Trainer:
                               self.info.world)
         self.step = 0
         self.fp = run_fingerprint(cfg)
-        found = ckpt.list_checkpoints(self.out / "checkpoints") if self.resume else []
-        self.obj.carried = self._carried(found)
-        if not found:  # on the plain module, before DDP/FSDP2 wrap it
+        sharded = cfg.run.dist == "fsdp2"  # the checkpointer is chosen here, once
+        self.checkpointer = (Sharded if sharded else ckpt.SingleFile)(self.out, self.info,
+                                                                      cfg.run.keep)
+        latest = self.checkpointer.latest() if self.resume else None
+        self.obj.carried = self._carried(latest)
+        if latest is None:  # on the plain module, before DDP/FSDP2 wrap it
             self._initial_weights()
-        sharded = cfg.run.dist == "fsdp2"
         if sharded:  # FSDP2 swaps in sharded parameters: wrap before the optimizer sees them
             self.net = dist.wrap(self.obj, cfg.run.dist, self.device)
         groups = param_groups(self.obj, cfg.stage, cfg.optim.lr, cfg.optim.weight_decay)
@@ -119,8 +124,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, betas=o.betas, eps=o.eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, o.warmup_steps, cfg.run.steps, o.min_lr_ratio))
-        if found:
-            self._resume_from(found[-1])
+        if latest is not None:
+            self._resume_from(latest)
         self._say(f"{cfg.stage.name}: {len(trainable)} trainable tensors\n"
                   f"{trainable_table(self.obj)}")
         if not sharded:
@@ -131,7 +136,7 @@ class Trainer:
         if self.info.is_main:
             save_json(cfg, self.out / "config.json")
 
-    def _carried(self, found: list[Path]) -> frozenset[str]:
+    def _carried(self, latest: Path | None) -> frozenset[str]:
         """What the run hands on beside what it trains (`viq.train.checkpoint.saved_names`): the
         entries of ``stage.init_from``'s weights; when resuming a run whose ``init_from`` is gone,
         the entries of its newest (single-file) checkpoint, which held them."""
@@ -141,26 +146,17 @@ class Trainer:
         try:
             path = ckpt.resolve_init(init)
         except FileNotFoundError:
-            if not found:
+            if latest is None:
                 raise
-            newest = found[-1] / "weights.safetensors"
+            newest = latest / "weights.safetensors"
             return ckpt.carried_names(self.obj, newest) if newest.is_file() else frozenset()
         return ckpt.carried_names(self.obj, path)
 
     def _resume_from(self, folder: Path) -> None:
         """Weights, optimizer, scheduler, data position and RNG of a checkpoint of this run."""
-        cfg = self.cfg
-        state = ckpt.read_state(folder)
-        if state.get("fingerprint") != self.fp:
-            raise ValueError(f"{folder}: written by another configuration (fingerprint "
-                             f"{state.get('fingerprint')} vs {self.fp}); resume with the "
-                             "run's own config.json or start a new --out-dir")
-        if cfg.run.dist == "fsdp2":
-            from viq.train.sharded import load_sharded
-
-            state = load_sharded(self, folder)
-        else:
-            state = ckpt.load_checkpoint(folder, self.obj, self.optimizer)
+        state = self.checkpointer.load(
+            folder, self.obj, self.optimizer, {"fingerprint": self.fp},
+            "resume with the run's own config.json or start a new --out-dir")
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.load_state_dict(state["data"])
         self.step = int(state["step"])
@@ -316,33 +312,14 @@ class Trainer:
 
     def save(self) -> Path | None:
         state = {"fingerprint": self.fp, "scheduler": self.scheduler.state_dict(),
-                 "data": self.data.state_dict(), "nonfinite_total": self.nonfinite_total}
-        if self.cfg.run.dist == "fsdp2":
-            return dist_save(self, state)
-        state["data"] = dist.merge_data_states(state["data"], self.info)  # DDP: every rank's
-        path = None
-        if self.info.is_main:
-            path = ckpt.save_checkpoint(self.out / "checkpoints", self.step, self.obj,
-                                        self.optimizer, state, self.cfg.run.keep)
-        dist.barrier(self.info)
-        return path
+                 "data": dist.merge_data_states(self.data.state_dict(), self.info),  # every rank's
+                 "nonfinite_total": self.nonfinite_total}
+        return self.checkpointer.save(self.step, self.obj, self.optimizer, state)
 
     def export(self) -> Path:
         """``out/final``: the ViQ model (save_pretrained) + the objective's weights."""
-        from safetensors.torch import save_file
-
-        final = self.out / "final"
-        if self.cfg.run.dist == "fsdp2":
-            from viq.train.sharded import export_full
-
-            export_full(self, final)
-            return final
-        if self.info.is_main:
-            self.obj.model.save_pretrained(final)
-            save_file(ckpt.weights_state(self.obj), str(final / "weights.safetensors"))
-            save_json(self.cfg, final / "train_config.json")
-        dist.barrier(self.info)
-        return final
+        self.checkpointer.export(self.obj, self.cfg, self.out / "final")
+        return self.out / "final"
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -397,15 +374,10 @@ class Trainer:
             self.metrics.close()
         if self.info.is_main and not stopped:
             self.data.stream.write_bad_samples(self.out / "bad_samples.jsonl")
+        if not stopped:
+            self.checkpointer.finish({"options": {"fingerprint": self.fp}, "steps": self.step})
         return TrainResult(self.out, self.step, stopped, last, self.nonfinite_total,
                            self.info.is_main, self.data.stream.policy.count)
-
-
-def dist_save(trainer: Trainer, state: dict) -> Path:
-    """FSDP2: a sharded checkpoint through torch.distributed.checkpoint (`viq.train.dist`)."""
-    from viq.train.sharded import save_sharded
-
-    return save_sharded(trainer, state)
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,

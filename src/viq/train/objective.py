@@ -1,4 +1,5 @@
-"""One objective: L = λ_text L_text + λ_distill L_distill + λ_recon L_recon (SPEC A2, B5.1).
+"""One objective: L = λ_text L_text + λ_distill L_distill + λ_recon L_recon (docs/design.md A2,
+B5.1).
 
 `Objective` holds the ViQ model and the supervision modules as children, so that one
 ``named_parameters()`` covers everything the stages select by name (`viq.train.stages`):
@@ -9,7 +10,7 @@ then built alone.
 
 Features for the losses: ``stage.features == "encoder"`` (stage 1) uses the encoder tokens and
 pools them with the encoder's MAP head; ``"head"`` (stage 2) uses the head's output ``x_low`` and
-pools it with the same MAP head (the release's student, SPEC B1.7, Part C 8); ``"codes"`` embeds
+pools it with the same MAP head (the release's student, docs/design.md B1.7, C8); ``"codes"`` embeds
 stored codes (`viq.codes.storesource`) with the head's decode half — no encoder runs.
 
 With L_recon alone on a frozen tokenizer (the code decoder's stage) each image's regressor input
@@ -89,7 +90,8 @@ class Objective(nn.Module):
                  pool: bool) -> tuple[Packed, torch.Tensor | None, dict, torch.Tensor | None]:
         """Images → (features for the losses, pooled vector, quantizer stats, flat codes)."""
         images = [im.to(self.model.device) for im in images]
-        if self.cfg.stage.features == "codes":  # stored codes (h, w, 4): no encoder (SPEC A4)
+        # stored codes (h, w, 4): no encoder (docs/design.md A4)
+        if self.cfg.stage.features == "codes":
             feats = self.model.embed([ImageCodes(c, self.model.levels) for c in images])
             return feats, None, {}, torch.cat([c.reshape(-1) for c in images])
         if self.cfg.stage.features == "encoder":

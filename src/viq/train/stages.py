@@ -1,4 +1,4 @@
-"""Stages are data (SPEC A2, Part C 10; STYLE.md "Stages are data").
+"""Stages are data (docs/design.md A2, C10, D3).
 
 A `Stage` says which quantizer the head uses, which features feed the losses, which parameters
 train (fnmatch patterns over the objective's parameter names) at which learning rate, the loss
@@ -38,24 +38,21 @@ from typing import Literal
 
 from torch import nn
 
-
-def _check(cond: bool, field: str, msg: str) -> None:
-    if not cond:
-        raise ValueError(f"config field '{field}': {msg}")
+from viq.config import check
 
 
 @dataclass(frozen=True)
 class LossWeights:
-    """λ of each term; a zero weight means the term's module is never called (SPEC A2)."""
+    """λ of each term; a zero weight means the term's module is never called (docs/design.md A2)."""
 
     text: float = 1.0
-    distill: float = 10.0  # the release's 10·(1 − cos) (SPEC B5.1)
+    distill: float = 10.0  # the release's 10·(1 − cos) (docs/design.md B5.1)
     recon: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("text", "distill", "recon"):
             v = getattr(self, name)
-            _check(v >= 0 and v == v and v != float("inf"), f"stage.losses.{name}",
+            check(v >= 0 and v == v and v != float("inf"), f"stage.losses.{name}",
                    f"must be a finite number >= 0, got {v}")
 
     def active(self) -> dict[str, float]:
@@ -71,8 +68,8 @@ class LRGroup:
     lr: float
 
     def __post_init__(self) -> None:
-        _check(self.lr >= 0, f"stage.lr_groups.{self.name}.lr", f"must be >= 0, got {self.lr}")
-        _check(len(self.patterns) > 0, f"stage.lr_groups.{self.name}.patterns", "is empty")
+        check(self.lr >= 0, f"stage.lr_groups.{self.name}.lr", f"must be >= 0, got {self.lr}")
+        check(len(self.patterns) > 0, f"stage.lr_groups.{self.name}.patterns", "is empty")
 
 
 @dataclass(frozen=True)
@@ -94,25 +91,25 @@ class Stage:
     allow_missing: tuple[str, ...] = ()  # patterns of parameters a fresh init may lack
 
     def __post_init__(self) -> None:
-        _check(bool(self.name), "stage.name", "must not be empty")
-        _check(self.quantizer in ("identity", "proximal", "fsq"), "stage.quantizer",
+        check(bool(self.name), "stage.name", "must not be empty")
+        check(self.quantizer in ("identity", "proximal", "fsq"), "stage.quantizer",
                f"must be identity, proximal or fsq, got {self.quantizer!r}")
-        _check(self.features in ("encoder", "head", "codes"), "stage.features",
+        check(self.features in ("encoder", "head", "codes"), "stage.features",
                f"must be 'encoder', 'head' or 'codes', got {self.features!r}")
         if self.features == "codes":
-            _check(self.quantizer == "fsq", "stage.quantizer", "stored codes need an FSQ head")
-            _check(self.losses.distill == 0 and self.losses.recon == 0, "stage.losses",
+            check(self.quantizer == "fsq", "stage.quantizer", "stored codes need an FSQ head")
+            check(self.losses.distill == 0 and self.losses.recon == 0, "stage.losses",
                    "training from stored codes has no pixels: distill and recon must be 0")
-        _check(self.layout in ("released", "paper"), "stage.layout",
+        check(self.layout in ("released", "paper"), "stage.layout",
                f"must be 'released' or 'paper', got {self.layout!r}")
-        _check(len(self.trainable) > 0, "stage.trainable", "no parameter would train")
-        _check(not (self.init_from and self.encoder_init), "stage.encoder_init",
+        check(len(self.trainable) > 0, "stage.trainable", "no parameter would train")
+        check(not (self.init_from and self.encoder_init), "stage.encoder_init",
                "a stage starts from init_from (the previous stage) or from encoder_init, not both")
         steps = [s for s, _ in self.resolution]
-        _check(steps == sorted(steps) and all(p > 0 for _, p in self.resolution),
+        check(steps == sorted(steps) and all(p > 0 for _, p in self.resolution),
                "stage.resolution", "must be (from_step, max_pixels) pairs with increasing steps "
                "and positive pixel budgets")
-        _check(not self.losses.active() == {}, "stage.losses", "every loss weight is zero")
+        check(not self.losses.active() == {}, "stage.losses", "every loss weight is zero")
 
     def max_pixels_at(self, step: int) -> int | None:
         """The pixel budget in force at ``step`` (None = the model's own image rule)."""
@@ -214,7 +211,7 @@ def stage2_1(lr_new: float = 1e-4, lr_old: float = 5e-5) -> Stage:
 
 def stage2_2(lr: float = 5e-5) -> Stage:
     """Quantization: FSQ inside the bottleneck with the 1→4 expansion, head-wise attention and 2D
-    RoPE; 2-1's parameters keep their names, only the FSQ path is new (A2, Part C 1)."""
+    RoPE; 2-1's parameters keep their names, only the FSQ path is new (A2, C1)."""
     new = ("model.head.pre_token_shuffle_head.*", "model.head.post_token_shuffle_head.*",
            "model.head.positions.*", "model.head.fsq_pre_attn.*", "model.head.project_in.*",
            "model.head.project_out.*", "model.head.inverse_token_shuffle_head.*")
@@ -228,8 +225,8 @@ def stage2_2(lr: float = 5e-5) -> Stage:
 
 
 def decoder(lr: float = 6e-4) -> Stage:
-    """The separate decoder on a frozen ViQ (SPEC A2, "decoder"): only the latent regressor
-    trains, on L_recon alone; the tokenizer runs without a graph. Meant with ``vae.head =
+    """The separate decoder on a frozen ViQ (docs/design.md A2, "decoder"): only the latent
+    regressor trains, on L_recon alone; the tokenizer runs without a graph. Meant with ``vae.head =
     "codes"`` (the `CodeDecoder` reads the codes, not the head's features) and ``init_from`` a
     stage-2-2 run. The paper's 6e-4 constant; the loop's schedule applies as configured."""
     return Stage(name="decoder", quantizer="fsq", features="head",
@@ -242,8 +239,8 @@ MLLM_TRAINABLE = ("text.projector.*", "text.llm.*lora_*")
 
 
 def mllm(features: Literal["head", "codes"] = "codes", lr: float = 1e-4) -> Stage:
-    """MLLM training on a frozen ViQ tokenizer (SPEC A4): projector + LLM adapters learn from
-    L_text; ``features="codes"`` reads a code store (no encoder in the process), ``"head"``
+    """MLLM training on a frozen ViQ tokenizer (docs/design.md A4): projector + LLM adapters learn
+    from L_text; ``features="codes"`` reads a code store (no encoder in the process), ``"head"``
     runs the encoder + head online — the same features, so the same losses."""
     return Stage(name=f"mllm_{features}", quantizer="fsq", features=features,
                  trainable=MLLM_TRAINABLE, lr_groups=(LRGroup("all", ("*",), lr),),
@@ -254,26 +251,3 @@ def mllm(features: Literal["head", "codes"] = "codes", lr: float = 1e-4) -> Stag
 STAGES: dict[str, Callable[[], Stage]] = {"stage1": stage1, "stage2_1": stage2_1,
                                           "stage2_2": stage2_2, "decoder": decoder,
                                           "mllm_codes": mllm}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m viq.train.stages [STAGE] [--preset tiny]``: print a stage's trainable table."""
-    import argparse
-
-    from viq.train.presets import get_run
-
-    p = argparse.ArgumentParser(prog="python -m viq.train.stages",
-                                description="Print the trainable/frozen table of a stage.")
-    p.add_argument("run", nargs="?", default="tiny_stage1", help="a training preset name")
-    args = p.parse_args(argv)
-    from viq.train.objective import build_objective
-
-    cfg = get_run(args.run)
-    obj = build_objective(cfg)
-    select_trainable(obj, cfg.stage)
-    print(f"{cfg.stage.name}: {trainable_table(obj)}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

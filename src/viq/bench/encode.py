@@ -16,23 +16,22 @@ JSON line.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import random
 import statistics
 import time
 
 import torch
 
-from viq.eval.timing import sync
-from viq.model.viq import ViQModel
+from viq.bench.timing import sync
+from viq.config import ModelConfig
+from viq.model.factory import build_model
 
 SIDES = (128, 192, 256, 320, 384, 512)  # image sides drawn for the batch (16-px multiples)
 
 
-def _model(quick: bool, paper: bool) -> ViQModel:
-    from viq.presets import released
+def _config(quick: bool, paper: bool) -> ModelConfig:
+    from viq.model.release import released
 
     cfg = released("64k")
     if quick:
@@ -45,8 +44,7 @@ def _model(quick: bool, paper: bool) -> ViQModel:
         enc = dataclasses.replace(cfg.encoder, width=384, depth=6, heads=6, mlp_dim=1536,
                                   pos_grid=32)
         cfg = dataclasses.replace(cfg, encoder=enc, head=dataclasses.replace(cfg.head, heads=6))
-    torch.manual_seed(0)
-    return ViQModel(cfg).eval()
+    return cfg
 
 
 def _images(n: int, quick: bool) -> list[torch.Tensor]:
@@ -72,10 +70,9 @@ def _timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
 def run(quick: bool = False, paper: bool = False, device: str = "cpu", dtype: str = "fp32",
         images: int = 16, repeats: int = 3) -> dict:
     dev = torch.device(device)
-    model = _model(quick, paper).to(dev)
     batch = _images(images, quick)
-    with torch.no_grad():
-        model.head.calibrate_project_in(model.encoder([b.to(dev) for b in batch]).tokens)
+    # random weights, the quantizer input calibrated on this batch (so codes spread)
+    model = build_model(config=_config(quick, paper), seed=0, calibration=batch).model.to(dev)
     if dtype == "bf16":
         model = model.to(torch.bfloat16)
     t_one, one = _timed(lambda: [c.codes for c in model.encode(batch)], dev, repeats)
@@ -91,35 +88,3 @@ def run(quick: bool = False, paper: bool = False, device: str = "cpu", dtype: st
             "per_image_s": t_one, "packed_s": t_packed, "packed_speedup": t_one / t_packed,
             "codes_differ": diff, "codes_differ_frac": diff / total,
             "images_differ": images_diff}
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="viq bench encode", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny widths and images (seconds)")
-    p.add_argument("--paper", action="store_true",
-                   help="SigLIP2-g (width 1536, 40 layers) + the released 64k head")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                   help="the model's dtype (bf16: cast, the release's inference setting)")
-    p.add_argument("--images", type=int, default=16, help="images in the batch (default 16)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats (median; default 3)")
-    args = p.parse_args(argv)
-    if args.quick and args.paper:
-        p.error("choose --quick or --paper, not both")
-    if args.images < 1 or args.repeats < 1:
-        p.error("--images and --repeats must be at least 1")
-    r = run(args.quick, args.paper, args.device, args.dtype, args.images, args.repeats)
-    print(f"{'way':<28} {'seconds':>9}")
-    print(f"{'one image a forward':<28} {r['per_image_s']:>9.3f}")
-    print(f"{'one packed forward':<28} {r['packed_s']:>9.3f}")
-    print(f"{r['images']} images, {r['patches']} patches, width {r['width']} × {r['depth']}, "
-          f"{args.dtype} on {args.device}: packed is {r['packed_speedup']:.2f}× as fast; "
-          f"{r['codes_differ']} of {r['codes']} codes ({100 * r['codes_differ_frac']:.3f} %) "
-          f"in {r['images_differ']} images differ from one image a forward")
-    print(json.dumps(r))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

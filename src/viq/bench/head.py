@@ -15,21 +15,19 @@ Weights are random (speed does not depend on them). Prints a table and a final J
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import statistics
 import time
 
 import torch
 
+from viq.bench.timing import sync
 from viq.config import ModelConfig
-from viq.eval.timing import sync
 from viq.model.viq import ViQModel
 
 
 def _paper_config(quick: bool) -> ModelConfig:
-    from viq.presets import released
+    from viq.model.release import released
 
     cfg = released("64k")
     if not quick:
@@ -88,36 +86,13 @@ def bench_small(preset: str, repeats: int, device: str = "cpu") -> dict[str, flo
     return {"tokens": tokens, "seconds": t["total_s"], "tokens_per_s": tokens / t["total_s"]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="viq bench head", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="2 encoder layers and 1 block per head stage at width 1536 (for tests)")
-    p.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up (median)")
-    p.add_argument("--image-size", type=int, default=384, help="square image side (default 384)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    args = p.parse_args(argv)
-    if args.repeats < 1 or args.image_size < 16:
-        p.error("--repeats must be >= 1 and --image-size >= 16")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    paper = bench_paper_width(args.quick, args.repeats, args.image_size, args.device)
-    small = {name: bench_small(name, args.repeats, args.device) for name in ("tiny", "demo")}
-    label = "width 1536, 2 layers (quick)" if args.quick else "SigLIP2-g + released 64k head"
-    print(f"encoder + head, {label}, one {args.image_size}² image, device {args.device}, "
-          f"seconds (median of {args.repeats}):")
-    print(f"  {'dtype':<6} {'encoder':>9} {'head':>9} {'total':>9}")
-    for dt, r in paper.items():
-        print(f"  {dt:<6} {r['encoder_s']:>9.3f} {r['head_s']:>9.3f} {r['total_s']:>9.3f}")
-    ratio = paper["fp32"]["total_s"] / paper["bf16"]["total_s"]
-    print(f"  bf16 speed-up over fp32: {ratio:.2f}x")
-    for name, r in small.items():
-        print(f"  {name}: {r['tokens']} patches in {r['seconds'] * 1e3:.1f} ms = "
-              f"{r['tokens_per_s']:.0f} patches/s (fp32)")
-    result = {"bench": "head", "device": args.device, "quick": args.quick,
-              "image_size": args.image_size,
-              "threads": torch.get_num_threads(), "paper_width": paper,
-              "bf16_speedup": ratio, "small": small}
-    print(json.dumps(result))
-    return 0
+def run(quick: bool = False, repeats: int = 2, image_size: int = 384, device: str = "cpu",
+        threads: int = 0) -> dict:
+    """The paper-width split (fp32, bf16) and the tiny/demo tokens/s (``threads``: if given)."""
+    if threads:
+        torch.set_num_threads(threads)
+    paper = bench_paper_width(quick, repeats, image_size, device)
+    small = {name: bench_small(name, repeats, device) for name in ("tiny", "demo")}
+    return {"bench": "head", "device": device, "quick": quick, "image_size": image_size,
+            "threads": torch.get_num_threads(), "paper_width": paper,
+            "bf16_speedup": paper["fp32"]["total_s"] / paper["bf16"]["total_s"], "small": small}

@@ -1,42 +1,36 @@
-"""The published ViQ weight files: load them into `ViQModel`, export ours into them (SPEC B6.3–6.7).
+"""The release's weight files: load them into `ViQModel`, export ours into them (docs/design.md
+B6.3–B6.7). A release folder (``converted_<size>/``, size 2k…64k → FSQ levels, A3) holds
+``model_viq_fsq_<size>.pth`` (the whole encoder, the quantizer head under ``fusion_block.*``, the
+VAE adapter ``vae_preprocess_layers.*`` and ``vae_head.*``), ``embedder.pth`` (bf16, the decode
+half: ``ori_codebook.weight``, ``projector_1/2/3`` = project_out / fold MLP / post-process,
+``_weight``/``_bias`` = the post affine) and ``index_drawer.pth`` (bf16: the embedder's keys plus
+the VAE adapter and VAE: codes → image, built in `viq.eval.drawing`, B4.2).
 
-Files of a release folder (``converted_<size>/``, size ∈ 2k 4k 8k 16k 64k → FSQ levels, SPEC A3):
-
-- ``model_viq_fsq_<size>.pth``: flat state dict of the whole encoder (ViT, MAP head, the quantizer
-  head under ``fusion_block.*``, the VAE adapter ``vae_preprocess_layers.*`` and ``vae_head.*``).
-- ``embedder.pth`` (bf16): the decode half (codes → features): ``ori_codebook.weight`` (the FSQ
-  implicit codebook), ``projector_1`` = project_out, ``projector_2`` = the fold MLP,
-  ``projector_3`` = the post-process layers, ``_weight``/``_bias`` = the post affine.
-- ``index_drawer.pth`` (bf16): the embedder's keys plus ``vae_preprocess_layers.*`` and
-  ``vae_head.*`` (codes → image).
-
-Our parameter names are the release's up to fixed prefixes (`HEAD_PREFIXES`, `EMBEDDER_PREFIXES`,
-`LATENT_PREFIXES`). `load_release` keeps the VAE adapter / VAE tensors as ``extras`` (shape-checked
-against SPEC B6.3 where it gives shapes), reports them and writes them back on export, so an
-import → export round trip reproduces every file; `load_drawer` turns them into a `LatentHead` and
-the diffusers Qwen-Image VAE (`viq.backends.vae`) for codes → image (`ViQDrawer`).
-Files are read with ``torch.load(weights_only=True)`` only, tensor by tensor straight into the
-target dtype and device (`viq.backends.torchfile`): a bf16 load of the fp32 file peaks at about the
-bf16 model's size, never at an fp32 copy (docs/head.md). `find_weights` accepts the layouts people
-download: the root holding ``converted_<size>/`` folders, one such folder, the converter's
-``converted/`` folder, or the ``.pth`` itself. Loading sets ``head.official_compat`` through the
-``released(size)`` config (the release's numerics, SPEC B8.1, including the per-image Conv2d patch
-embedding) unless a ``config.json`` beside the files (written by `export_release`) says otherwise.
+Our names are the release's up to fixed prefixes (`HEAD_PREFIXES`, `EMBEDDER_PREFIXES`,
+`LATENT_PREFIXES`). `load_release` keeps the VAE tensors as ``extras`` (shape-checked against B6.3
+where it gives shapes; `latent_head_from_extras` builds the adapter), reports them and writes them
+back on export, so import → export reproduces every file. Files are read with
+``torch.load(weights_only=True)`` only, tensor by tensor straight into the target dtype and device
+(`viq.model.torchfile`: a bf16 load of the fp32 file peaks at about the bf16 model's size);
+`viq.model.release_files.find_weights` takes the layouts people download. Loading sets
+``head.official_compat`` through ``released(size)`` (the release's numerics, B8.1, including the
+per-image Conv2d patch embedding) unless a ``config.json`` beside the files says otherwise.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from viq.backends.torchfile import PthFile, open_pth
-from viq.config import ModelConfig, load_json
+from viq.config import EncoderConfig, HeadConfig, ImageConfig, ModelConfig, load_json
+from viq.model.release_files import find_weights
 from viq.model.state import state_mismatch
+from viq.model.torchfile import PthFile, open_pth
 from viq.model.viq import ViQModel, _load_strict
+from viq.quant.fsq import FSQ_PRESETS
 
 EMBEDDER_FILE = "embedder.pth"
 DRAWER_FILE = "index_drawer.pth"
@@ -57,7 +51,7 @@ HEAD_PREFIXES: tuple[tuple[str, str], ...] = (
     ("head.post_affine_bias", "fusion_block.vq_low_norm_trick_post_quantize_affine_bias"),
     ("encoder.", ""),  # the ViT's names are the release's flat names
 )
-# `LatentHead` names → release names (SPEC B6.3 "VAE adapter", "VAE head")
+# `LatentHead` names → release names (docs/design.md B6.3 "VAE adapter", "VAE head")
 LATENT_PREFIXES: tuple[tuple[str, str], ...] = (
     ("preprocess_layers.", "vae_preprocess_layers."),
     ("conv_norm_out.", "vae_head.conv_norm_out."),
@@ -72,15 +66,35 @@ EMBEDDER_PREFIXES: tuple[tuple[str, str], ...] = (
 )
 
 
+# SigLIP2-g, the published encoder (docs/design.md B1.1), at the release's 768² area rule
+SIGLIP2_G = EncoderConfig(width=1536, depth=40, heads=16, mlp_dim=6144, pos_grid=128)
+RELEASE_IMAGE = ImageConfig(resize="768x32")
+
+
+def released(size: str = "64k") -> ModelConfig:
+    """The published ViQ weights' model for one FSQ size (2k/4k/8k/16k/64k; docs/design.md B6.3).
+
+    SigLIP2-g encoder + the released head layout with the release's numerics switched on
+    (``head.official_compat``, which also gives the encoder the release's Conv2d patch embedding).
+    """
+    if size not in FSQ_PRESETS:
+        raise ValueError(f"unknown published FSQ size {size!r}; choose one of "
+                         f"{', '.join(FSQ_PRESETS)}")
+    head = HeadConfig(layout="released", quantizer="fsq", levels=FSQ_PRESETS[size],
+                      official_compat=True)
+    return ModelConfig(encoder=SIGLIP2_G, image=RELEASE_IMAGE, head=head)
+
+
 @dataclass
 class ReleaseWeights:
     """A loaded release folder: the model, its FSQ size, the tensors with no module here
-    (``extras``: VAE adapter and VAE, release names) and a human-readable ``report``."""
+    (``extras``: VAE adapter and VAE), a readable ``report`` and the model file read."""
 
     model: ViQModel
     size: str | None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     report: list[str] = field(default_factory=list)
+    file: Path | None = None
 
 
 def _rename(key: str, prefixes: tuple[tuple[str, str], ...], reverse: bool = False) -> str | None:
@@ -126,87 +140,7 @@ def _check_released_layout(cfg: ModelConfig) -> None:
 
 def size_of(levels: tuple[int, ...]) -> str | None:
     """Published size name of a level tuple ("16k"), or None for custom levels."""
-    from viq.quant.fsq import FSQ_PRESETS
-
     return next((name for name, lv in FSQ_PRESETS.items() if tuple(lv) == tuple(levels)), None)
-
-
-def size_from_path(path: str | Path) -> str | None:
-    """FSQ size from ``model_viq_fsq_<size>.pth`` or a ``converted_<size>`` folder, else None."""
-    p = Path(path)
-    for text in (p.name, *(q.name for q in p.parents)):
-        m = (re.fullmatch(r"model_viq_fsq_(\w+)\.pth", text)
-             or re.fullmatch(r"converted_(\w+)", text))
-        if m:
-            return m.group(1).lower()
-    return None
-
-
-def _size_list() -> str:
-    from viq.quant.fsq import FSQ_PRESETS
-
-    return ", ".join(FSQ_PRESETS)
-
-
-def _model_file_in(directory: Path, size: str | None) -> Path | None:
-    """The ``model_viq_fsq*.pth`` of a folder (chosen by ``size`` when there are several)."""
-    files = sorted(directory.glob("model_viq_fsq*.pth"))
-    if size and len(files) > 1:
-        files = [f for f in files if size_from_path(f) == size] or files
-    if len(files) > 1:
-        raise FileNotFoundError(f"{directory}: several model files "
-                                f"({', '.join(f.name for f in files)}); choose one with --size "
-                                "or pass the .pth file itself to --weights")
-    return files[0] if files else None
-
-
-def _sizes_under(root: Path) -> dict[str, Path]:
-    """``converted_<size>/`` folders holding a model file, in ``root`` or one level down (a
-    download may keep them under e.g. ``ViQ/``), ordered by codebook size."""
-    from viq.quant.fsq import FSQ_PRESETS
-
-    found: dict[str, Path] = {}
-    for d in sorted([*root.glob("converted_*"), *root.glob("*/converted_*")]):
-        m = re.fullmatch(r"converted_(\w+)", d.name)
-        if m and d.is_dir() and any(d.glob("model_viq_fsq*.pth")):
-            found.setdefault(m.group(1).lower(), d)
-    order = list(FSQ_PRESETS)
-    return dict(sorted(found.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order
-                                                      else len(order), kv[0])))
-
-
-def find_weights(path: str | Path, size: str | None = None) -> tuple[Path, str | None]:
-    """``(model file, FSQ size)`` for ``--weights PATH [--size S]``.
-
-    PATH is the ``.pth`` itself, a ``converted_<size>/`` folder, the converter's default
-    ``converted/`` folder (its ``model_viq_fsq.pth`` names no size: give ``--size``), or the
-    downloaded root holding several ``converted_<size>/`` folders (``--size`` chooses; without it
-    the sizes found are listed, unless there is only one).
-    """
-    p = Path(path)
-    size = size.lower() if size else None
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file or folder")
-    model_file = p if p.is_file() else _model_file_in(p, size)
-    if model_file is None:
-        found = _sizes_under(p)
-        if not found:
-            raise FileNotFoundError(
-                f"{p}: no model_viq_fsq_<size>.pth here and no converted_<size>/ folder; "
-                "--weights takes the downloaded weights folder (holding converted_<size>/), one "
-                "converted_<size>/ folder, the converter's converted/ folder, or the .pth file")
-        if size is None and len(found) > 1:
-            raise FileNotFoundError(f"{p}: holds the sizes {', '.join(found)}; choose one with "
-                                    f"--size (e.g. --size {next(reversed(found))})")
-        if size is not None and size not in found:
-            raise FileNotFoundError(f"{p}: no converted_{size}/ here; sizes found: "
-                                    f"{', '.join(found)} (--size chooses one)")
-        model_file = _model_file_in(found[size or next(iter(found))], size)
-    named = size_from_path(model_file)
-    if size and named and named != size:
-        raise ValueError(f"{model_file}: the path says size {named} but --size {size} was given; "
-                         f"drop --size or point --weights at converted_{size}/")
-    return model_file, size or named
 
 
 def _resolve_config(directory: Path, size: str | None, config: ModelConfig | None) -> ModelConfig:
@@ -216,9 +150,7 @@ def _resolve_config(directory: Path, size: str | None, config: ModelConfig | Non
         if size is None:
             raise ValueError(f"{directory}: cannot tell the FSQ size (no converted_<size> folder, "
                              "no model_viq_fsq_<size>.pth name, no config.json); give it with "
-                             f"--size (one of {_size_list()})")
-        from viq.presets import released
-
+                             f"--size (one of {', '.join(FSQ_PRESETS)})")
         config = released(size)
     if size is not None and size_of(config.head.levels) not in (None, size):
         raise ValueError(f"{directory}: the files are size {size!r} but the config's levels "
@@ -233,7 +165,7 @@ def load_release(path: str | Path, size: str | None = None, config: ModelConfig 
 
     ``path``: anything `find_weights` accepts (the downloaded root with ``size``, a
     ``converted_<size>/`` folder, the converter's ``converted/`` folder, the ``.pth``).
-    ``config``: defaults to ``config.json`` beside the files, else ``presets.released(size)``.
+    ``config``: defaults to ``config.json`` beside the files, else ``released(size)``.
     The model is built on the meta device and each tensor is read, cast and assigned on its own,
     so peak memory is the model in ``dtype`` plus one tensor of the file. ``embedder.pth`` /
     ``index_drawer.pth`` are optional; when present they are checked against the model file,
@@ -270,7 +202,7 @@ def load_release(path: str | Path, size: str | None = None, config: ModelConfig 
     for name in (EMBEDDER_FILE, DRAWER_FILE):
         if (directory / name).is_file():
             report += _check_decode_file(model, directory / name, extras, pth)
-    return ReleaseWeights(model, size, extras, report)
+    return ReleaseWeights(model, size, extras, report, model_file)
 
 
 def _check_decode_file(model: ViQModel, path: Path, extras: dict[str, torch.Tensor],
@@ -311,7 +243,7 @@ def _check_decode_file(model: ViQModel, path: Path, extras: dict[str, torch.Tens
 
 
 def vae_adapter_shapes(width: int) -> dict[str, tuple[int, ...]]:
-    """Release names and shapes of the VAE adapter and latent head (SPEC B6.3)."""
+    """Release names and shapes of the VAE adapter and latent head (docs/design.md B6.3)."""
     c = width
     out: dict[str, tuple[int, ...]] = {
         "vae_preprocess_layers.0.fc1.weight": (c, c), "vae_preprocess_layers.0.fc1.bias": (c,),
@@ -332,7 +264,8 @@ def vae_adapter_shapes(width: int) -> dict[str, tuple[int, ...]]:
 
 
 def check_vae_extras(extras: dict[str, torch.Tensor], width: int, source: str) -> list[str]:
-    """Shape-check the VAE adapter/head tensors that SPEC B6.3 specifies; report the rest."""
+    """Shape-check the VAE adapter/head tensors that docs/design.md B6.3 specifies; report the
+    rest."""
     if not extras:
         return [f"{source}: no VAE adapter/VAE tensors (codes → image needs them)"]
     expected = vae_adapter_shapes(width)
@@ -392,8 +325,11 @@ def latent_head_state_dict(head) -> dict[str, torch.Tensor]:
     return {_rename(k, LATENT_PREFIXES): v for k, v in head.state_dict().items()}
 
 
-def _build_latent_head(extras: dict[str, torch.Tensor], cfg: ModelConfig, dtype: torch.dtype,
-                       source: str):
+def latent_head_from_extras(extras: dict[str, torch.Tensor], cfg: ModelConfig,
+                            dtype: torch.dtype = torch.float32, source: str = "extras"):
+    """The `LatentHead` held by a release's ``vae_preprocess_layers.*`` / ``vae_head.conv_*``
+    tensors (docs/design.md B6.3), in ``dtype``; it runs with the encoder's head count (16 at
+    C = 1536, as the release's code)."""
     from viq.model.latent import LatentHead
 
     ours = {}
@@ -411,27 +347,3 @@ def _build_latent_head(extras: dict[str, torch.Tensor], cfg: ModelConfig, dtype:
                           latent_channels=int(ours["conv_out.weight"].shape[0]) // 4)
     _load_strict(head, ours, source)
     return head.eval()
-
-
-def load_drawer(path: str | Path, size: str | None = None, config: ModelConfig | None = None,
-                dtype: torch.dtype = torch.float32):
-    """A `ViQDrawer` (codes → image) from a release folder (SPEC B4.2, B6.5, B6.7 step 5).
-
-    The model comes from ``model_viq_fsq_<size>.pth`` (as `load_release`); the latent head and the
-    VAE from its ``vae_*`` tensors, else from ``index_drawer.pth``. The adapter runs with the
-    encoder's head count (16 at C = 1536, as the release's code). ``drawer.report`` holds the
-    loader's report. The release decodes in bf16 (``dtype=torch.bfloat16``).
-    """
-    from viq.backends.vae import build_vae, strip_vae_prefix
-    from viq.model.drawer import ViQDrawer
-
-    rw = load_release(path, size=size, config=config, dtype=dtype)
-    source = str(path)
-    head = _build_latent_head(rw.extras, rw.model.cfg, dtype, source)
-    vae = build_vae(strip_vae_prefix(rw.extras), dtype=dtype, source=source)
-    drawer = ViQDrawer(rw.model, head, vae).eval()
-    blocks = len(head.preprocess_layers) - 2
-    drawer.report = rw.report + [f"{source}: drawer = embed → LatentHead(width {head.width}, "
-                                 f"{blocks} blocks) → Qwen-Image VAE (base_dim "
-                                 f"{vae.config.base_dim}, z_dim {vae.config.z_dim})"]
-    return drawer

@@ -1,4 +1,4 @@
-"""``viq bench mllm-speedup`` — MLLM training, online encoder vs stored codes (SPEC A4).
+"""``viq bench mllm-speedup`` — MLLM training, online encoder vs stored codes (docs/design.md A4).
 
     viq bench mllm-speedup            # ~minutes on 2 cores
     viq bench mllm-speedup --quick    # seconds (tests)
@@ -19,8 +19,8 @@ per row, standing for 4k / 16k) and two LLM sizes; the encoder : LLM ratio of no
 parameters is printed (measured 6.3 and 1.6 with these shapes; the paper's SigLIP2-g vs
 Qwen2.5-0.5B / -1.5B are ≈ 2.2 and 0.7 — the first row is encoder-heavier than the paper's).
 Images are 224² (14×14 patches → 58 LLM tokens each) and fill about half of every row.
-``--paper`` runs the paper's setting instead (SPEC A4): the SigLIP2-g encoder (width 1536, depth
-40) with the 64k head beside randomly initialised Qwen2.5-0.5B- and -1.5B-shaped LLMs (the
+``--paper`` runs the paper's setting instead (docs/design.md A4): the SigLIP2-g encoder (width 1536,
+depth 40) with the 64k head beside randomly initialised Qwen2.5-0.5B- and -1.5B-shaped LLMs (the
 published configs, `viq.supervision.meta.KNOWN_LLMS`; LoRA r=64), rows of 4,096 and 16,384 tokens,
 768² images (602 LLM tokens each). It needs a large GPU (fp32 master weights, ~10 GB of weights
 and optimiser state, tens of GB of activations at 16k tokens); ``--dtype bf16`` runs the forward
@@ -31,16 +31,13 @@ Prints a table and a final JSON line; the paper reports forward −46 … −78 
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
 import time
 
 import torch
 
+from viq.bench.timing import autocast, sync
 from viq.config import EncoderConfig, HeadConfig, ImageConfig, ModelConfig
 from viq.data.chat import IGNORE_INDEX, IMAGE_TOKEN_ID, TokenBatch, image_token_count
-from viq.eval.timing import sync
 from viq.model.viq import ViQModel
 from viq.supervision.config import LLMConfig
 
@@ -92,11 +89,9 @@ def measure(model: ViQModel, text, batch: TokenBatch, images, codes, mode: str,
     device = model.device
     fwd, step = [], []
     for r in range(repeats + 1):
-        cast = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16"
-                else contextlib.nullcontext())
         sync(device)
         t0 = time.perf_counter()
-        with cast:
+        with autocast(device, dtype):
             with torch.no_grad():
                 feats = model(images).features if mode == "online" else model.embed(codes)
             loss = text(feats, batch)
@@ -110,9 +105,7 @@ def measure(model: ViQModel, text, batch: TokenBatch, images, codes, mode: str,
         if r:
             fwd.append(t1 - t0)
             step.append(t2 - t0)
-    fwd.sort()
-    step.sort()
-    return fwd[len(fwd) // 2], step[len(step) // 2]
+    return sorted(fwd)[len(fwd) // 2], sorted(step)[len(step) // 2]
 
 
 def setup(quick: bool = False, paper: bool = False) -> tuple[ModelConfig, dict, tuple, int]:
@@ -166,34 +159,3 @@ def run(quick: bool = False, repeats: int = 3, device: str = "cpu", paper: bool 
                          "forward_saving": 1 - f_st / f_on, "step_speedup": s_on / s_st})
         del text
     return rows
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="viq bench mllm-speedup", description=__doc__.split("\n")[0],
-                                epilog="See the module docstring / README for what is measured.")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, one sequence length")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats (median; default 3)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--paper", action="store_true",
-                   help="the paper's sizes: SigLIP2-g + Qwen2.5-0.5B/1.5B shapes, 4k/16k rows, "
-                        "768² images (a large GPU)")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16: forward passes under bf16 autocast (default fp32)")
-    args = p.parse_args(argv)
-    if args.quick and args.paper:
-        p.error("choose --quick or --paper, not both")
-    rows = run(args.quick, max(1, args.repeats), args.device, args.paper, args.dtype)
-    print(f"{'LLM':<24}{'enc:LLM':>8}{'seq':>6}{'fwd online':>12}{'fwd stored':>12}"
-          f"{'fwd saved':>10}{'step online':>13}{'step stored':>13}{'step ×':>8}")
-    for r in rows:
-        print(f"{r['llm']:<24}{r['encoder_llm_ratio']:>8}{r['seq']:>6}"
-              f"{r['forward_online_s']:>11.3f}s{r['forward_stored_s']:>11.3f}s"
-              f"{100 * r['forward_saving']:>9.0f}%{r['step_online_s']:>12.3f}s"
-              f"{r['step_stored_s']:>12.3f}s{r['step_speedup']:>7.2f}×")
-    print(json.dumps({"bench": "mllm-speedup", "device": args.device, "dtype": args.dtype,
-                      "paper": args.paper, "rows": rows}))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

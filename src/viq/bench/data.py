@@ -19,7 +19,6 @@ the step's samples/s. Timings are noisy on shared machines: compare the ratio, n
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import tempfile
@@ -168,22 +167,3 @@ def run(samples: int, workers: int, max_tokens: int, seed: int, source: str = "t
         res["step_samples_per_s"] = round(step_rate(TinyStep(len(tok)), batches), 1)
     res["keeps_up"] = res[f"loader_json_w{workers}_samples_per_s"] > res["step_samples_per_s"]
     return res
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="viq bench data", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--samples", type=int, default=256, help="toy dataset size")
-    ap.add_argument("--workers", type=int, default=2, help="loader workers for the N-worker run")
-    ap.add_argument("--max-tokens", type=int, default=512, help="packed row length")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--source", choices=["toy", "synth"], default="toy",
-                    help="toy: small noise images (input pipeline overhead); synth: the synthetic "
-                         "VQA benchmark at native sizes (realistic decode + resize cost)")
-    ap.add_argument("--resize", default="384x32",
-                    help="resize rule for --source synth (default 384x32)")
-    args = ap.parse_args(argv)
-    res = run(args.samples, args.workers, args.max_tokens, args.seed, args.source, args.resize)
-    for k, v in res.items():
-        print(f"{k:<36} {v}")
-    print(json.dumps(res))
-    return 0

@@ -1,22 +1,18 @@
-"""Reading a ``torch.save``'d flat state dict tensor by tensor, in bounded memory (issue 8).
+"""Reading a ``torch.save``'d flat state dict tensor by tensor, in bounded memory (docs/design.md
+C21, B6.7).
 
 ``open_pth(path)`` unpickles only the names, shapes and dtypes (``torch.load(map_location="meta",
 weights_only=True)``, which also gives every storage's byte offset in the zip archive);
 ``PthFile.read(name, dtype, device)`` then reads one tensor's bytes with a plain file read and casts
-it. A tensor that changes dtype is read and cast in chunks through one reused scratch buffer
-(`CHUNK_BYTES`), so peak memory is the tensors kept plus that buffer: no fp32 copy of a whole
-tensor is ever allocated and freed (freed buffers of varying sizes fragmented the allocator's
-heap: +15 % to +46 % over the bf16 model from run to run before, measured on the 16k layout).
-
-Why not ``torch.load(mmap=True)`` + a cast per tensor: every page read through a memory map stays
-in the process's resident set (file-backed, but counted in RSS and ``ru_maxrss``) until the map is
-dropped, so casting a 6.7 GB fp32 file to bf16 that way still peaks at fp32 + bf16 (measured on a
-453 MB fp32 file: +651 MB RSS via mmap, +256 MB with these reads; docs/head.md). ``mapped()``
-keeps the memory-mapped views for tensors that are only passed along (the VAE extras).
-
-Offsets are checked against the zip directory (stored, uncompressed entries); a file where they
-do not fit (another writer, big-endian data) is read through the memory map instead, which is
-correct, only not bounded.
+it, in chunks through one reused scratch buffer (`CHUNK_BYTES`) when the dtype changes: peak memory
+is the tensors kept plus that buffer, and no whole-tensor fp32 copy is allocated and freed (such
+buffers of varying sizes fragment the allocator's heap; docs/head.md has the measurements).
+``torch.load(mmap=True)`` + a cast per tensor is no alternative: every page read through a memory
+map counts in the resident set until the map is dropped, so a bf16 load of an fp32 file would
+still peak at fp32 + bf16. ``mapped()`` keeps the memory-mapped views for tensors that are only
+passed along (the VAE extras). Offsets are checked against the zip directory (stored entries); a
+file where they do not fit (another writer, big-endian data) is read through the memory map,
+which is correct, only not bounded.
 """
 
 from __future__ import annotations
