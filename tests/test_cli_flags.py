@@ -12,6 +12,7 @@ FLAGS = {
     "demo": "--out --quick --quiet",
     "train": "--config --dry-run --out-dir --preset --quiet --resume --set --tokens --world",
     "eval": "--codes --limit --mode --out --quiet --recon --run --split",
+    "push": "--dry-run --private --revision",
     "ablate": "--demo --quick --quiet",
     "extract": "--bad-samples --center-crop --checkpoint --device --dtype --image-root "
                "--max-tokens --num-shards --out --packed --preset --quiet --random-init --resize "

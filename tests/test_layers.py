@@ -13,7 +13,7 @@ import viq
 # Bottom to top. A module belongs to the longest prefix listed; it may import its own layer and
 # the layers below. The root package `viq` is the library's facade (its lazy `load_encoder`).
 LAYERS: list[tuple[str, ...]] = [
-    ("viq.config", "viq.fingerprint"),
+    ("viq.config", "viq.fingerprint", "viq.hub"),
     ("viq.quant",),
     ("viq.data",),
     ("viq.model",),
@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("viq.supervision",),
     ("viq.train",),
     ("viq.eval",),
+    ("viq.release_api",),
     ("viq",),
     # the application
     ("viq.presets",),

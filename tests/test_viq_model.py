@@ -71,7 +71,8 @@ def test_embed_checks_levels_and_shapes(model):
 
 def test_save_and_load_pretrained_round_trip(model, tmp_path):
     model.save_pretrained(tmp_path / "ckpt")
-    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"config.json", "model.safetensors"}
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"config.json", "model.safetensors",
+                                                                "README.md"}
     back = ViQModel.from_pretrained(tmp_path / "ckpt")
     assert back.cfg == model.cfg
     images = _images()

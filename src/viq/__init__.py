@@ -8,4 +8,8 @@ def __getattr__(name: str):  # lazy: `import viq` must not import torch
         from viq.backends.siglip2 import load_encoder
 
         return load_encoder
+    if name == "load_viq":  # the release's entry name (docs/design.md C33)
+        from viq.release_api import load_viq
+
+        return load_viq
     raise AttributeError(f"module 'viq' has no attribute {name!r}")

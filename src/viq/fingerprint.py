@@ -74,10 +74,11 @@ def _file_identity(path: Path) -> dict[str, Any]:
 
 
 def weights_identity(path: str | Path) -> str:
-    """A cheap identity of a weights file or folder (size, mtime, first/last MiB hashed)."""
+    """A cheap identity of a weights file or folder (size, mtime, first/last MiB hashed); a
+    folder's model card (``README.md``, rewritten by ``viq eval``) is not part of it."""
     p = Path(path)
     if p.is_dir():
-        files = sorted(q for q in p.rglob("*") if q.is_file())
+        files = sorted(q for q in p.rglob("*") if q.is_file() and q.name != "README.md")
         return fingerprint(kind="dir", files=[_file_identity(q) | {"rel": str(q.relative_to(p))}
                                               for q in files])
     return fingerprint(kind="file", file=_file_identity(p))

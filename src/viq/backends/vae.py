@@ -241,10 +241,14 @@ def tiny_qwen_vae(z_dim: int = 16, channels: tuple[int, ...] = (8, 8, 8, 8), see
 
 def load_vae_folder(path: str | Path, dtype: torch.dtype = torch.float32):
     """Any diffusers ``AutoencoderKL*`` saved with ``save_pretrained`` (class from config.json's
-    ``_class_name``); frozen, eval. Never downloads."""
+    ``_class_name``), a local folder or a Hugging Face name such as ``Qwen/Qwen-Image/vae``
+    (its config and safetensors only, `viq.hub`, docs/design.md C31); frozen, eval."""
     import diffusers
 
-    folder = Path(path)
+    from viq.hub import resolve
+
+    weights = "diffusion_pytorch_model*.safetensors*"
+    folder = resolve(path, ("config.json", weights), need=("config.json", weights))
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"config field 'vae.source': {folder} is not 'tiny', 'tiny-qwen' "

@@ -1,16 +1,18 @@
 """``viq decode`` — codes files → PNG images with the published drawer (docs/design.md B4.2, B6.5).
 
+    viq decode codes/ -o images/ --weights XuminYu/ViQ_weights --size 64k --dtype bf16
     viq decode codes/ -o images/ --weights ViQ_weights/converted_64k --dtype bf16
     viq decode codes/ -o images/ --preset tiny --random-init     # try it, no downloads
     viq decode codes/ -o images/ --run viq_demo_out/decoder       # a trained run of viq train
 
 Each ``.codes.safetensors`` file goes through the one codes → image path (`viq.eval.drawing`):
-the published weights' drawer, a trained run's (``--run``: a stage-2-2 run's latent head or a
-decoder run's code decoder, with its VAE) or the seeded random drawer of ``--preset NAME
---random-init`` (noise, but every step runs). Unreadable codes files are reported and skipped;
-the exit code is 1 if any input failed. An existing PNG is re-used only when it reads back and
-carries the fingerprint (PNG text ``viq:fingerprint``) of this drawer, its settings and the codes
-file; otherwise it is redone. Errors follow `viq.cli.errors`.
+the published weights' drawer (a folder or a Hugging Face name, docs/design.md C31: only the
+chosen size's model file and ``index_drawer.pth`` are downloaded), a trained run's (``--run``: a
+stage-2-2 run's latent head or a decoder run's code decoder, with its VAE) or the seeded random
+drawer of ``--preset NAME --random-init`` (noise, but every step runs). Unreadable codes files
+are reported and skipped; the exit code is 1 if any input failed. An existing PNG is re-used only
+when it reads back and carries the fingerprint (PNG text ``viq:fingerprint``) of this drawer, its
+settings and the codes file; otherwise it is redone. Errors follow `viq.cli.errors`.
 """
 
 from __future__ import annotations
@@ -50,8 +52,12 @@ what it needs (exactly one):
   --weights: published ViQ weights: the downloaded folder holding converted_<size>/ (choose with
   --size), one converted_<size>/ folder, or its model_viq_fsq_<size>.pth; beside it the drawer's
   tensors: index_drawer.pth, or a model file that carries the VAE adapter, VAE head and
-  Qwen-Image VAE (vae_preprocess_layers.*, vae_head.*). Nothing is downloaded.
-  --run: a run folder of viq train (or its final/): a stage-2-2 run (its latent head) or a
+  Qwen-Image VAE (vae_preprocess_layers.*, vae_head.*). Or a Hugging Face name
+  org/name[/sub/folder][@revision] (e.g. XuminYu/ViQ_weights --size 16k): the chosen size's
+  files are downloaded into the Hugging Face cache (HF_HUB_OFFLINE=1: the cache only); a local
+  path that exists always wins.
+  --run: a run folder of viq train (or its final/; or a Hugging Face name of a repository
+  holding a run's final/): a stage-2-2 run (its latent head) or a
   decoder run (its code decoder, the sharper one), with the VAE it was trained against; codes
   from viq encode --checkpoint <the run's stage-2-2>/final fit it.
   --preset NAME --random-init: a seeded random drawer, to try the command (codes from
@@ -78,9 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "codes files, directories or glob patterns", epilog=EPILOG)
     add_source_args(
         p, ("weights", "run", "preset"),
-        weights="published ViQ weights: the downloaded folder (with --size) or a "
-                "converted_<size>/ folder (with index_drawer.pth)",
-        run="a trained run folder of viq train: stage 2-2 or decoder",
+        weights="published ViQ weights: the downloaded folder (with --size), a "
+                "converted_<size>/ folder (with index_drawer.pth), or a Hugging Face name "
+                "org/name[@revision] (e.g. XuminYu/ViQ_weights --size 16k)",
+        run="a trained run folder of viq train (stage 2-2 or decoder), or a Hugging Face "
+            "name org/name[@revision] of a repository holding its final/",
         random_init="with --preset: a seeded random drawer (no downloads; images are noise)",
         set="override a config field (with --preset), or image.* fields such as "
             "image.max_pixels=N (any drawer); repeatable", size=SIZE_HELP)
@@ -149,7 +157,8 @@ def _build(args: argparse.Namespace, dtype: torch.dtype):
         drawer = load_drawer(args.weights, size=args.size, dtype=dtype)
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(f"cannot build the drawer: {e}") from None
-    return drawer, {"weights": weights_identity(args.weights), "size": args.size}
+    # the local path read: --weights itself, or the cache's files of a Hugging Face name
+    return drawer, {"weights": weights_identity(drawer.sources["weights"]), "size": args.size}
 
 
 def _build_run(args: argparse.Namespace):

@@ -1,11 +1,13 @@
 """``viq decompress`` — ``.viqz`` → image (unpack + the drawer) or back to a codes file.
 
     viq decompress photo.viqz -o photo.png --weights ViQ_weights/converted_64k
+    viq decompress photo.viqz -o photo.png --weights XuminYu/ViQ_weights --size 64k
     viq decompress photo.viqz -o photo.codes.safetensors        # no model needed
 
 Unpacking is exact (`viq.codes.packfile`, CRC-checked). Drawing an image needs a drawer for the
 codes' model, as ``viq decode`` (the one codes → image path, `viq.eval.drawing`): the published
-weights' ``index_drawer`` (``--weights``; `load_drawer`), or ``--preset NAME --random-init`` for
+weights' ``index_drawer`` (``--weights``: a folder or a Hugging Face name, docs/design.md C31;
+`load_drawer`), or ``--preset NAME --random-init`` for
 the seeded random drawer of codes from ``viq compress --preset NAME --random-init``
 (`viq.cli.model_args.random_drawer`; the pictures are noise — no trained drawer exists for the
 small presets yet).
@@ -31,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write .codes.safetensors files (no drawer needed) instead of PNG")
     add_source_args(
         p, ("weights", "preset"), group=False,
-        weights="published ViQ weights folder with index_drawer.pth (for images)",
+        weights="published ViQ weights folder with index_drawer.pth (for images), or a Hugging "
+                "Face name org/name[@revision] (e.g. XuminYu/ViQ_weights --size 16k)",
         preset="with --random-init: the seeded random drawer of a preset",
         random_init="with --preset: random drawer weights (images are noise)",
         set="with --preset: override a config field (as viq compress was given)",

@@ -6,6 +6,10 @@ reconstruction from codes (PSNR / SSIM).
     viq eval --run runs/s22 --split data/test.json --mode shuffled       # blind baseline
     viq eval --run runs/s22 --recon photo1.jpg photo2.png                # reconstruction
     viq eval --run runs/dec --recon photo1.jpg                  # with a decoder run's code decoder
+    viq eval --run org/name --recon photo1.jpg        # a Hugging Face repository holding final/
+
+``--run`` is a run folder or a Hugging Face name ``org/name[/sub/folder][@revision]`` of a
+repository holding a run's ``final/`` (`viq.hub`, docs/design.md C31; a local path wins).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                "shuffled = every sample gets another sample's image; blind = no image tokens.\n"
                "exit status: 0 evaluated, 1 evaluation failed, 2 usage error.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, type=Path, help="a viq train run folder")
+    p.add_argument("--run", required=True, type=Path,
+                   help="a viq train run folder, or a Hugging Face name org/name[@revision] of "
+                        "a repository holding a run's final/")
     p.add_argument("--split", type=Path, help="benchmark split (LLaVA json with ids/answers)")
     p.add_argument("--mode", choices=("images", "codes", "shuffled", "blind"), default=None,
                    help="how the image reaches the LLM (default: codes with --codes, else "
@@ -48,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print("viq eval: --mode codes needs --codes STORE", file=sys.stderr)
         return 2
     from viq.data.score import format_table
+    from viq.eval.drawing import locate_run
     from viq.eval.understanding import evaluate, load_run
 
     if args.quiet:
@@ -55,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
         quiet_loading()
     try:
-        obj = load_run(args.run, answers=args.split is not None)  # a decoder run only draws
+        run = locate_run(args.run)  # a Hugging Face name: its cached final/ (design.md C31)
+        obj = load_run(run, answers=args.split is not None)  # a decoder run only draws
         results: dict = {"run": str(args.run)}
         if args.split is not None:
             codes = None
@@ -79,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
+    from viq.eval.card import update_card
+
+    update_card(args.run / "final", results, args.split)  # a local run's card (design.md C32)
     return 0
 
 

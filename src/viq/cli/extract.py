@@ -30,16 +30,24 @@ EPILOG = """\
 DATA:
   a LLaVA .json/.jsonl file (images relative to it or --image-root), a .tar file or a folder of
   .tar shards (viq data shards, or webdataset/img2dataset: <key>.jpg + <key>.txt/.json, no index
-  needed), or an image folder (searched recursively) or one image file.
+  needed), a Hugging Face dataset: a datasets.save_to_disk folder (state.json +
+  dataset_info.json), a .parquet file or a folder of them (an Image column, {bytes, path}, or a
+  binary/path column named image, jpg, ...; paths relative to it or --image-root), an imagefolder
+  with metadata.jsonl (file_name + text columns); or an image folder (searched recursively,
+  without metadata.jsonl) or one image file. Dataset rows: id = the id column or the row index,
+  text = the other columns as JSON (see docs/codes.md).
 
-STORE (Parquet, readable without viq; schema in docs/codes.md):
+STORE (Parquet, readable without viq: pandas, DuckDB, or datasets.load_dataset("parquet",
+data_files="STORE/data/*.parquet"); schema in docs/codes.md):
   STORE/metadata.json, STORE/data/shard-KKKKK-of-NNNNN.parquet (one row per image: sample_id,
   source, image_index, num_images, h, w, levels, codes = h*w*4 uint16 little-endian, image_size,
   original_size, text), STORE/shards/*.json (commit records with sha256), *.bad.jsonl.
 
 sharding and resuming:
-  Shard k of N takes units [k*U/N, (k+1)*U/N) of the input (records, files or tar files).
-  --num-shards defaults to the store's, else one per input tar, else one per 10,000 samples.
+  Shard k of N takes units [k*U/N, (k+1)*U/N) of the input (records, dataset rows, files or tar
+  files).
+  --num-shards defaults to the store's, else one per input tar, else one per 10,000 samples
+  (records, rows or image files).
   A store never mixes models or settings: a run whose fingerprint (model weights sha256, config,
   image settings, input, shard count) differs from the store's is refused.
 
@@ -51,11 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="viq extract", description="Extract a dataset's ViQ codes into a code store.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", type=Path, help="LLaVA json/jsonl, tar shard(s) or image folder")
+    p.add_argument("data", type=Path, help="LLaVA json/jsonl, tar shard(s), a Hugging Face "
+                   "dataset (save_to_disk, Parquet, imagefolder) or an image folder")
     p.add_argument("--out", required=True, type=Path, help="the code store (a folder)")
     add_model_args(p)
     add_packed_arg(p)
-    p.add_argument("--image-root", type=Path, help="folder LLaVA image paths are relative to")
+    p.add_argument("--image-root", type=Path,
+                   help="folder LLaVA (and Parquet / save_to_disk) image paths are relative to")
     p.add_argument("--num-shards", type=int, help="output shards in all (see below)")
     p.add_argument("--shard-index", type=int, help="write only this shard (0-based)")
     p.add_argument("--max-tokens", type=int, default=16384,

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compress": ("viq.cli.compress", "image -> entropy-packed codes file (.viqz)"),
     "decompress": ("viq.cli.decompress", "packed codes file (.viqz) -> image or codes file"),
     "eval": ("viq.cli.eval", "evaluate a trained run: answers per category, reconstruction"),
+    "push": ("viq.cli.push", "upload a finished run's model + card to the Hugging Face Hub"),
     "ablate": ("viq.cli.ablate", "the paper's key ablations at demo scale (after viq demo)"),
     "bench": ("viq.cli.bench", "benchmarks: encoder (vs HF Siglip2), head, data loader"),
 }

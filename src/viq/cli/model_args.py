@@ -1,6 +1,7 @@
 """The model flags of ``viq encode``, ``extract``, ``compress``, ``decode``, ``decompress`` (and
 ``try``), parsed and checked once: exactly one of ``--checkpoint DIR``, ``--weights PATH`` or
-``--preset NAME --random-init`` (``decode`` adds ``--run``), ``--seed``, ``--set``, ``--size``,
+``--preset NAME --random-init`` (``decode`` adds ``--run``; a location is a local path or a
+Hugging Face name, docs/design.md C31), ``--seed``, ``--set``, ``--size``,
 the image settings (``--resize``, ``--center-crop``), ``--device``, ``--dtype``; each command keeps
 its help texts. The model is built by `viq.model.factory.build_model` (`load_model`); preset names
 are resolved here (`viq.presets`): the library takes configs (docs/design.md D1).
@@ -18,8 +19,9 @@ from viq.model.factory import BuiltModel, build_model
 
 # the help of each flag as viq extract and viq compress show it; the other commands pass theirs
 HELP = {
-    "checkpoint": "viq checkpoint directory",
-    "weights": "published ViQ weights folder or .pth file",
+    "checkpoint": "viq checkpoint: a folder, or a Hugging Face name org/name[@revision]",
+    "weights": "published ViQ weights: a folder, a .pth file, or a Hugging Face name "
+               "org/name[@revision] (e.g. XuminYu/ViQ_weights --size 16k)",
     "preset": "model preset (with --random-init), e.g. tiny",
     "random_init": "with --preset: random weights (seeded; codes are meaningless)",
     "seed": "seed for --random-init (default 0)",
@@ -32,7 +34,8 @@ HELP = {
     "dtype": "model precision (bf16 = the release's inference setting)",
 }
 SIZE_HELP = ("FSQ size of --weights (2k, 4k, 8k, 16k, 64k): chooses converted_<size>/ in the "
-             "downloaded folder; needed when the path does not name it")
+             "downloaded folder or Hugging Face repository; needed when the path does not name "
+             "it")
 NO_CODES = "an FSQ head is needed (head.quantizer=fsq)"
 CROP_ERROR = "--center-crop needs a side >= 16 and excludes --resize"
 
@@ -116,7 +119,9 @@ def random_model(preset: str, seed: int = 0, overrides: list[str] | tuple[str, .
 def load_model(args: argparse.Namespace, need: str = NO_CODES,
                prefix: str = "cannot build the model: ", prog: str | None = None) -> BuiltModel:
     """The flags' model in ``--dtype`` on ``--device``; usage errors when it cannot be built or
-    gives no codes (``prefix`` + ``need``). ``prog``: print the loader's report on stderr."""
+    gives no codes (``prefix`` + ``need``). ``prog``: print the loader's report on stderr. A
+    Hugging Face name in ``--checkpoint`` / ``--weights`` is replaced by the local path it
+    resolved to (C31), which the run's fingerprint then reads."""
     kw = {"dtype": DTYPES[args.dtype], "device": getattr(args, "device", "cpu")}
     try:
         if getattr(args, "checkpoint", None) is not None:
@@ -127,6 +132,9 @@ def load_model(args: argparse.Namespace, need: str = NO_CODES,
             built = preset_model(args.preset, args.seed, args.overrides, **kw)
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(f"cannot build the model: {e}") from None
+    for flag in ("checkpoint", "weights"):
+        if getattr(args, flag, None) is not None and built.path is not None:
+            setattr(args, flag, built.path)  # the same path, unless a name was resolved
     for line in built.report if prog else ():
         print(f"{prog}: {line}", file=sys.stderr)
     if not built.model.head.has_codes:

@@ -23,8 +23,9 @@ outputs (in --out-dir):
                        code usage / perplexity with FSQ) and per validation
   tensorboard/         the same scalars as TensorBoard events
   checkpoints/step_N/  weights / optimizer / RNG (safetensors) + state.json; the newest kept
-  final/               config.json + model.safetensors (viq encode --checkpoint OUT/final) and
-                       weights.safetensors (the next stage's --set stage.init_from=OUT)
+  final/               config.json + model.safetensors (viq encode --checkpoint OUT/final),
+                       weights.safetensors (the next stage's --set stage.init_from=OUT) and
+                       README.md (the model card; viq push uploads this folder)
   bad_samples.jsonl    samples skipped by the bad-sample policy, with the reason
   done.json            the finish record, written last (the run's fingerprint and steps)
 

@@ -1,11 +1,11 @@
 """The one source protocol every dataset reader implements, and the readers (docs/design.md D1).
 
 A `Source` is an ordered list of *units* — records of a LLaVA file (``unit`` at a time, for
-shuffling), tar files, image files, or the shards of a code store (`viq.codes.storesource`) — with a
-``kind``, an ``identity()`` (the input's part of a code store's fingerprint, C13), the samples per
-unit ``sizes`` when known without reading, and ``read(u)``: unit u's samples in order, each an
-`Item` or the `SampleError` that makes it a bad sample (D4); ``item(u, i)`` reads one. Both
-consumers are views of that:
+shuffling), tar files, image files, rows of a Hugging Face dataset (`viq.data.hf_datasets`, C34),
+or the shards of a code store (`viq.codes.storesource`) — with a ``kind``, an ``identity()`` (the
+input's part of a code store's fingerprint, C13), the samples per unit ``sizes`` when known without
+reading, and ``read(u)``: unit u's samples in order, each an `Item` or the `SampleError` that makes
+it a bad sample (D4); ``item(u, i)`` reads one. Both consumers are views of that:
 
 - extraction (`viq.codes.extract`): output shard k of n takes units [k·U/n, (k+1)·U/n) —
   ``items(k, n)``, ``count(k, n)`` — so the store depends only on the input and n (C17);
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from viq.data import shards
+from viq.data import hf_datasets, shards
 from viq.data.llava import Resize, Sample, parse_record, parse_sample, read_records
 from viq.data.policy import SampleError, sample_error
 from viq.fingerprint import file_sha256
@@ -256,9 +256,35 @@ class FolderSource(Source):
         yield Item(rel, rel, None, (ImageInput(rel, str(self.root / rel)),))
 
 
+class RowSource(Source):
+    """A Hugging Face dataset (`viq.data.hf_datasets`: a ``save_to_disk`` folder, Parquet, an
+    ``imagefolder`` with ``metadata.jsonl``), one row per unit as a LLaVA file's records (C34)."""
+
+    def __init__(self, rows: hf_datasets.Table | hf_datasets.ImageFolder) -> None:
+        self.rows, self.kind, self.sizes = rows, rows.kind, [1] * rows.count
+
+    def identity(self) -> dict:
+        return self.rows.identity()
+
+    def read(self, u: int) -> Iterator[Item | SampleError]:
+        return self._between(u, u + 1)
+
+    def items(self, k: int, n: int) -> Iterator[Item | SampleError]:  # a shard's rows, streamed
+        span = self.span(k, n)
+        return self._between(span.start, span.stop)
+
+    def _between(self, a: int, b: int) -> Iterator[Item | SampleError]:
+        for r in self.rows.between(a, b):
+            yield r if isinstance(r, SampleError) else Item(
+                r.sample_id, r.source, r.text, tuple(ImageInput(*im) for im in r.images), r.sample)
+
+
 def open_extract_source(path: str | Path, image_root: str | Path | None = None) -> Source:
     """What ``viq extract`` reads: a ``.json``/``.jsonl`` file (a record per unit; sources name the
-    file only), a ``.tar`` file or a folder of tars, an image folder or file."""
+    file only), a ``.tar`` file or a folder of tars, a Hugging Face dataset (``save_to_disk``
+    folder: ``state.json`` + ``dataset_info.json``; Parquet: a ``.parquet`` file or a folder of them
+    that is not a code store; an ``imagefolder``: ``metadata.jsonl``; `RowSource`), an image folder
+    or file."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p} does not exist")
@@ -266,10 +292,14 @@ def open_extract_source(path: str | Path, image_root: str | Path | None = None) 
         return JsonSource(p, Path(image_root) if image_root else None, label=p.name)
     if (p.is_file() and p.suffix.lower() == ".tar") or (p.is_dir() and any(p.glob("*.tar"))):
         return TarSource(p, limits=None)
+    rows = hf_datasets.open_rows(p, Path(image_root) if image_root else None)
+    if rows is not None:
+        return RowSource(rows)
     if p.is_dir() or p.suffix.lower() in IMAGE_EXTS:
         return FolderSource(p)
     raise ValueError(f"{p}: expected a LLaVA .json/.jsonl file, a .tar file or a folder of .tar "
-                     "shards, or an image folder")
+                     "shards, a Hugging Face dataset (save_to_disk folder, .parquet, imagefolder "
+                     "with metadata.jsonl), or an image folder")
 
 
 # ----------------------------------------------------------------------------------------------

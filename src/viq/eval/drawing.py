@@ -3,11 +3,11 @@
 `ViQDrawer` = `ViQModel.embed` (codes → per-patch features, no encoder) → a `LatentHead` (or a
 decoder run's `CodeDecoder`, which reads ``model.code_values(codes)``, C28) → a VAE decoder →
 RGB, one image at a time (the release's drawer works per image; bf16: ``drawer.to(...)``). Built
-from published weights (`load_drawer`: the model file via `build_model`, the latent head and the
-diffusers Qwen-Image VAE from its ``vae_*`` tensors, else from ``index_drawer.pth``), from a
-trained run (`run_drawer`, `objective_drawer`: its latent head or code decoder and its
-`FrozenVAE`, which undoes the run's latent normalisation), or from a model and a seed
-(`random_drawer`: the pictures are noise, but every step runs).
+from published weights (`load_drawer`: a folder or a Hugging Face name, C31; the model file via
+`build_model`, the latent head and the diffusers Qwen-Image VAE from its ``vae_*`` tensors, else
+from ``index_drawer.pth``), from a trained run (`run_drawer`, `objective_drawer`: its latent head
+or code decoder and its `FrozenVAE`, which undoes the run's latent normalisation), or from a model
+and a seed (`random_drawer`: the pictures are noise, but every step runs).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from viq.model.code_decoder import CodeDecoder
 from viq.model.factory import build_model
 from viq.model.latent import LatentHead
 from viq.model.release import latent_head_from_extras
+from viq.model.release_files import locate_weights
 from viq.model.viq import ImageCodes, ViQModel
 
 # the random drawer's VAE: a small Qwen-Image-layout VAE (8× spatial compression like the real one)
@@ -81,9 +82,12 @@ class ViQDrawer(nn.Module):
 
 def load_drawer(path: str | Path, size: str | None = None,
                 dtype: torch.dtype = torch.float32) -> ViQDrawer:
-    """The drawer of a release folder (anything `viq.model.release_files.find_weights` accepts), in
-    ``dtype`` (the release decodes in bf16); ``drawer.report`` holds the loader's report."""
-    built = build_model(weights=path, size=size, dtype=dtype)
+    """The drawer of a release folder (anything `viq.model.release_files.find_weights` accepts) or
+    of a Hugging Face name (the chosen size's model file and ``index_drawer.pth``, C31), in
+    ``dtype`` (the release decodes in bf16); ``drawer.report`` holds the loader's report and
+    ``drawer.sources["weights"]`` the local path read (``path`` itself when it exists)."""
+    local = locate_weights(path, size, drawer=True)
+    built = build_model(weights=local, size=size, dtype=dtype)
     source = str(path)
     head = latent_head_from_extras(built.extras, built.model.cfg, dtype, source)
     vae = build_vae(strip_vae_prefix(built.extras), dtype=dtype, source=source)
@@ -92,6 +96,7 @@ def load_drawer(path: str | Path, size: str | None = None,
     drawer.report = built.report + [f"{source}: drawer = embed → LatentHead(width {head.width}, "
                                     f"{blocks} blocks) → Qwen-Image VAE (base_dim "
                                     f"{vae.config.base_dim}, z_dim {vae.config.z_dim})"]
+    drawer.sources = {"weights": local}
     return drawer
 
 
@@ -103,12 +108,27 @@ def objective_drawer(obj) -> ViQDrawer:
     return ViQDrawer(obj.model, obj.latent.latent_head, obj.latent.vae)
 
 
-def run_drawer(run: str | Path, device: str = "cpu") -> ViQDrawer:
-    """The drawer of a trained run folder (or its ``final/``), in eval; ``drawer.report`` says
-    which and ``drawer.sources`` names what it was built from (its weights file, its VAE)."""
-    from viq.eval.understanding import load_run, run_files
+# what a Hugging Face repository holding a run must give (docs/design.md C31): its final/ export
+# a run's final/, or final/'s files at the root (what viq push uploads)
+RUN_FILES = (("final/train_config.json", "train_config.json"),
+             ("final/weights.safetensors", "weights.safetensors"))
 
-    run = Path(run)
+
+def locate_run(location: str | Path) -> Path:
+    """A run folder (``viq eval --run``, ``viq decode --run``): ``location`` itself, or the cached
+    files of a Hugging Face repository holding a run's ``final/`` (or, as ``viq push`` uploads
+    them, ``final/``'s files at its root; C31)."""
+    from viq.hub import resolve
+
+    return resolve(location, [p for alt in RUN_FILES for p in alt], need=RUN_FILES)
+
+
+def run_drawer(run: str | Path, device: str = "cpu") -> ViQDrawer:
+    """The drawer of a trained run folder (or its ``final/``; or a Hugging Face name of a
+    repository holding a run's ``final/``, C31), in eval; ``drawer.report`` says which and
+    ``drawer.sources`` names what it was built from (its weights file, its VAE)."""
+    from viq.eval.understanding import load_run, run_files
+    run = locate_run(run)
     if run.name == "final" and (run / "train_config.json").is_file():
         run = run.parent  # the run's final/ folder names the run
     obj = load_run(run, device, answers=False)

@@ -41,11 +41,12 @@ Mode = Literal["images", "codes", "shuffled", "blind"]
 
 
 def run_files(run_dir: str | Path) -> tuple[Path, Path]:
-    """(config, weights) of a run folder: ``final/`` when finished, else its newest checkpoint."""
+    """(config, weights) of a run folder: ``final/`` when finished, else its newest checkpoint;
+    or of a folder holding ``final/``'s files itself (``final/``, or what ``viq push`` uploads)."""
     run = Path(run_dir)
-    final = run / "final"
-    if (final / "weights.safetensors").is_file():
-        return final / "train_config.json", final / "weights.safetensors"
+    for final in (run / "final", run):
+        if (final / "weights.safetensors").is_file() and (final / "train_config.json").is_file():
+            return final / "train_config.json", final / "weights.safetensors"
     ckpts = list_checkpoints(run / "checkpoints")
     if not ckpts:
         raise FileNotFoundError(f"{run}: no trained weights (final/weights.safetensors or "

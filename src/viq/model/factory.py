@@ -1,10 +1,11 @@
 """`build_model`: the one place a `ViQModel` is built (docs/design.md D1) — from a checkpoint
-folder, from the release's weight layout (B6.3–B6.7, read straight into ``dtype`` on ``device``),
-or from a config and a seed: random weights, ``head.project_in`` calibrated on the bundled photo so
-that the codes vary (C27; the one place a random model is calibrated; the application resolves
-preset names). A `BuiltModel` holds the model (eval), its short id (``model_id`` of codes files and
-stores), the loader's report and `identity`, what a store's fingerprint records of it (C13): the
-config and its hash plus the weights file's sha256, or the name, seed and overrides of a random one.
+folder or the release's weight layout (B6.3–B6.7, read straight into ``dtype`` on ``device``),
+each a local path or a Hugging Face name (C31, `viq.hub`), or from a config and a seed: random
+weights, ``head.project_in`` calibrated on the bundled photo so that the codes vary (C27; the one
+place a random model is calibrated; the application resolves preset names). A `BuiltModel` holds
+the model (eval), its short id (``model_id`` of codes files and stores), the loader's report and
+`identity`, what a store's fingerprint records of it (C13): the config and its hash plus the
+weights file's sha256, or the name, seed and overrides of a random one.
 """
 
 from __future__ import annotations
@@ -20,14 +21,17 @@ from viq.config import ModelConfig, override, to_dict
 from viq.data.bundled import bundled_photo
 from viq.data.images import load_for_encoder
 from viq.fingerprint import file_sha256, fingerprint
+from viq.hub import resolve
 from viq.model.release import load_release
-from viq.model.viq import WEIGHTS_NAME, ViQModel
+from viq.model.release_files import locate_weights
+from viq.model.viq import CONFIG_NAME, WEIGHTS_NAME, ViQModel
 
 
 @dataclass
 class BuiltModel:
     """The model, its id, ``source`` (kind and the cheap parts of its identity), the loader's
-    ``report``, the weights file that identifies it and a release's ``extras`` (the VAE tensors)."""
+    ``report``, the weights file that identifies it, a release's ``extras`` (the VAE tensors) and
+    ``path``: the local file or folder read (a Hugging Face name's, in its cache: C31)."""
 
     model: ViQModel
     model_id: str
@@ -35,6 +39,7 @@ class BuiltModel:
     report: list[str] = field(default_factory=list)
     weights_file: Path | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    path: Path | None = None
 
     @cached_property
     def identity(self) -> dict:  # hashes the whole weights file, once
@@ -54,17 +59,21 @@ def build_model(*, checkpoint: str | Path | None = None, weights: str | Path | N
     """The model of ``checkpoint``, ``weights`` (+ ``size`` when the path names none) or ``config``
     + ``seed`` (``overrides``: ``a.b=value`` assignments; ``name`` and they are recorded in the id
     and identity; ``calibration``: the images a random model is calibrated on, default the bundled
-    photo). Raises ValueError / FileNotFoundError with the reason."""
+    photo). ``checkpoint`` / ``weights``: a local path or a Hugging Face name
+    ``org/name[/sub/folder][@revision]`` (`viq.hub`; a local path wins). Raises ValueError /
+    FileNotFoundError with the reason."""
     if sum(x is not None for x in (checkpoint, weights, config)) != 1:
         raise ValueError("build_model: give exactly one of checkpoint, weights or config")
     if checkpoint is not None:
-        path = Path(checkpoint)
+        path = resolve(checkpoint, (CONFIG_NAME, WEIGHTS_NAME), need=(CONFIG_NAME, WEIGHTS_NAME))
         built = BuiltModel(ViQModel.from_pretrained(path), str(path.resolve()),
-                           {"kind": "checkpoint"}, weights_file=path / WEIGHTS_NAME)
+                           {"kind": "checkpoint"}, weights_file=path / WEIGHTS_NAME, path=path)
     elif weights is not None:
-        rw = load_release(weights, size=size, dtype=dtype, device=device)
-        built = BuiltModel(rw.model, f"release:{rw.size or 'custom'}:{Path(weights).resolve()}",
-                           {"kind": "release", "size": rw.size}, rw.report, rw.file, rw.extras)
+        path = locate_weights(weights, size)
+        rw = load_release(path, size=size, dtype=dtype, device=device)
+        built = BuiltModel(rw.model, f"release:{rw.size or 'custom'}:{path.resolve()}",
+                           {"kind": "release", "size": rw.size}, rw.report, rw.file, rw.extras,
+                           path)
     else:
         model = _random_model(override(config, list(overrides)), seed, calibration)
         built = BuiltModel(model, f"random:{name}:seed{seed}", {

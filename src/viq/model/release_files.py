@@ -1,6 +1,7 @@
 """Where the release's weight files are (docs/design.md B6.7): `find_weights` takes the layouts
-people download and says what to give when a path is ambiguous; `size_from_path` reads the FSQ
-size (A3) from ``model_viq_fsq_<size>.pth`` or ``converted_<size>``.
+people download and says what to give when a path is ambiguous; `locate_weights` also takes a
+Hugging Face name (C31: the repository's ``converted_<size>/`` files of the chosen size only);
+`size_from_path` reads the FSQ size (A3) from ``model_viq_fsq_<size>.pth`` or ``converted_<size>``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,43 @@ def _sizes_under(root: Path) -> dict[str, Path]:
     order = list(FSQ_PRESETS)
     return dict(sorted(found.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order
                                                       else len(order), kv[0])))
+
+
+def locate_weights(path: str | Path, size: str | None = None, drawer: bool = False) -> Path:
+    """``--weights PATH`` as a local path: PATH itself when it exists or is no Hugging Face name;
+    else the model file of the chosen size fetched into the Hugging Face cache (docs/design.md
+    C31): from ``org/name`` (``--size`` chooses ``converted_<size>/``, or the root's own files),
+    or ``org/name/converted_<size>``; only the model file and ``config.json`` (``drawer``: and
+    ``index_drawer.pth``) of that size are downloaded."""
+    from viq.hub import parse_name, resolve
+
+    name = None if Path(path).exists() else parse_name(path)
+    if name is None:
+        return Path(path)
+    size = size.lower() if size else None
+    named = size_from_path(name.sub) if name.sub else None
+    files = ["config.json"] + (["index_drawer.pth"] if drawer else [])
+    models = ([f"model_viq_fsq_{named or size}.pth", "model_viq_fsq.pth"] if size or named
+              else ["model_viq_fsq*.pth"])
+    if size and not named:  # the downloaded root: converted_<size>/ or the root's own files
+        models += [f"converted_{size}/{m}" for m in models]
+        files += [f"converted_{size}/{f}" for f in files]
+    what = (f"{name.sub}/{models[0]}" if named else
+            f"size {size} (converted_{size}/{models[0]})" if size else
+            "a model file at its root (model_viq_fsq*.pth)")
+    fix = None if size or named else "give --size to choose a converted_<size>/ folder"
+    folder = resolve(path, models + files, need=[tuple(models)], what=what, hint=_sizes_hint,
+                     fix=fix)
+    return find_weights(folder, size)[0]
+
+
+def _sizes_hint(files: list[str]) -> str:
+    """``sizes 16k, 64k`` for a repository's (or a cache's) file list."""
+    sizes = sorted({m.group(1).lower() for f in files
+                    if (m := re.fullmatch(r"(?:.*/)?converted_(\w+)/model_viq_fsq\w*\.pth", f))},
+                   key=lambda s: (list(FSQ_PRESETS).index(s) if s in FSQ_PRESETS
+                                  else len(FSQ_PRESETS), s))
+    return f"sizes {', '.join(sizes)}" if sizes else ""
 
 
 def find_weights(path: str | Path, size: str | None = None) -> tuple[Path, str | None]:

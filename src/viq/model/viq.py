@@ -7,7 +7,7 @@
 - ``embed(codes)``: codes → features with the decode half of the head only (no encoder, no
   attention; the release's ``IndexEmbeder``). ``embed(encode(x))`` equals ``forward(x).features``.
 - ``save_pretrained(dir)`` / ``from_pretrained(dir)``: ``config.json`` (the ``ModelConfig``) +
-  ``model.safetensors`` (Hugging Face layout).
+  ``model.safetensors`` (Hugging Face layout); ``card=True`` adds a ``README.md`` model card (C32).
 
 Precision: the model runs in the dtype of its parameters (``model.to(torch.bfloat16)`` is the
 release's inference setting); images are cast to that dtype on entry. FSQ rounding is always fp32.
@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -29,6 +30,9 @@ from viq.model.head import HeadOutput, ViQHead
 from viq.model.packing import Packed
 from viq.model.state import state_mismatch
 from viq.model.vit import ViTEncoder, check_images
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -189,8 +193,11 @@ class ViQModel(nn.Module):
 
     # -- persistence ----------------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
+    def save_pretrained(self, directory: str | Path, card: bool | ModelCard = True) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card into
+        ``directory`` (docs/design.md C32). ``card``: True — this model's facts
+        (`viq.model.card.model_card`); a ``huggingface_hub.ModelCard`` — written as it is;
+        False — no card."""
         from safetensors.torch import save_file
 
         d = Path(directory)
@@ -200,6 +207,11 @@ class ViQModel(nn.Module):
         # one metadata key: safetensors writes several in a random order, and the file's sha256
         # is the model's identity in a code store's fingerprint (docs/design.md C13)
         save_file(state, str(d / WEIGHTS_NAME), metadata={"format": "pt"})
+        if card is not False:
+            from viq.model.card import model_card, write_card
+
+            params = sum(p.numel() for p in self.parameters())
+            write_card(model_card(self.cfg, parameters=params) if card is True else card, d)
         return d
 
     @classmethod

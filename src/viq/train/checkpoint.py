@@ -161,7 +161,8 @@ class Checkpointer:
 
     def export(self, module: nn.Module, cfg, final: Path) -> None:
         """The training loop's ``out/final``: the ViQ model (``save_pretrained``), the entries
-        ``names`` selects in ``weights.safetensors`` and ``train_config.json`` (collective)."""
+        ``names`` selects in ``weights.safetensors`` and ``train_config.json`` (collective); the
+        loop then adds the model card, ``README.md`` (`viq.train.card`, docs/design.md C32)."""
         raise NotImplementedError
 
     def finish(self, record: dict) -> None:
@@ -277,7 +278,7 @@ class SingleFile(Checkpointer):
         from viq.config import save_json
 
         if self.info.is_main:
-            module.model.save_pretrained(final)
+            module.model.save_pretrained(final, card=False)  # the run's card follows
             save_file(weights_state(module, self.names), str(final / "weights.safetensors"))
             save_json(cfg, final / "train_config.json")
         barrier(self.info)
@@ -367,8 +368,12 @@ def untrained_by_source(module: nn.Module, weights: Path) -> tuple[str, ...]:
 
 def resolve_init(path: str) -> Path:
     """``stage.init_from`` → a weights file: a run folder (its newest checkpoint, or its
-    ``final/`` export), a checkpoint folder, or a ``weights.safetensors`` file."""
-    p = Path(path)
+    ``final/`` export), a checkpoint folder, or a ``weights.safetensors`` file; or a Hugging Face
+    name of a repository holding a run's ``final/`` or a ``final/`` folder's files (C31)."""
+    from viq.hub import resolve
+
+    init = [d + f for d in ("", "final/") for f in ("weights.safetensors", "train_config.json")]
+    p = resolve(path, init, need=[("weights.safetensors", "final/weights.safetensors")])
     if p.is_file():
         return p
     for cand in (p / "weights.safetensors", p / "final" / "weights.safetensors"):

@@ -12,8 +12,9 @@ single-file or sharded, atomic); SIGTERM/SIGINT write a checkpoint and end the r
 status 0, and ``--resume`` continues as if it had never stopped (same data order, RNG, optimizer
 and schedule). At the end the ViQ model is exported with ``save_pretrained`` into
 ``out_dir/final`` (``viq encode --checkpoint out_dir/final``), next to ``weights.safetensors``
-(what the next stage's ``init_from`` reads), and the finish record ``done.json`` is written last
-(docs/design.md C23, D4).
+(what the next stage's ``init_from`` reads) and the model card ``README.md`` with the run's numbers
+(`viq.train.card`, C32), and the finish record ``done.json`` is written last (docs/design.md
+C23, D4).
 """
 
 from __future__ import annotations
@@ -317,9 +318,15 @@ class Trainer:
         return self.checkpointer.save(self.step, self.obj, self.optimizer, state)
 
     def export(self) -> Path:
-        """``out/final``: the ViQ model (save_pretrained) + the objective's weights."""
-        self.checkpointer.export(self.obj, self.cfg, self.out / "final")
-        return self.out / "final"
+        """``out/final``: the ViQ model (save_pretrained) + the objective's weights, then its
+        model card with this run's numbers (`viq.train.card`, docs/design.md C32)."""
+        final = self.out / "final"
+        self.checkpointer.export(self.obj, self.cfg, final)
+        if self.info.is_main:
+            from viq.train.card import write_run_card
+
+            write_run_card(final, steps=self.step)
+        return final
 
     # -- the run ----------------------------------------------------------------------------------
 

@@ -134,7 +134,7 @@ class Sharded(ckpt.Checkpointer):
             model = ViQModel(cfg.stage_model())
             model.load_state_dict({k[len("model."):]: v for k, v in full.items()
                                    if k.startswith("model.")})
-            model.save_pretrained(final)
+            model.save_pretrained(final, card=False)  # the run's card follows
             save_file({k: v.contiguous() for k, v in full.items() if k in keep},
                       str(final / "weights.safetensors"))
             save_json(cfg, final / "train_config.json")
