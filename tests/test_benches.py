@@ -41,3 +41,20 @@ def test_bench_data_reports_loader_and_step(source, capsys):
     assert res["source"] == source and res["samples"] == 8
     assert res["loader_json_w0_samples_per_s"] > 0 and res["step_samples_per_s"] > 0
     assert res["keeps_up"] == (res["loader_json_w0_samples_per_s"] > res["step_samples_per_s"])
+
+
+def test_bench_extract_splits_the_time_and_keeps_the_codes(capsys):
+    argv = ["bench", "extract", "--preset", "tiny", "--synthetic", "3", "--workers", "0,2"]
+    assert viq_main(argv) == 0
+    res = _last_json(capsys.readouterr().out)
+    assert res["bench"] == "extract" and res["codes_equal"] and res["compiled"] is None
+    plain, loaded = res["rows"]
+    assert (plain["workers"], loaded["workers"]) == (0, 2)
+    assert plain["images"] == loaded["images"] == res["mix"]["png"] + res["mix"]["jpeg"] == 7
+    for row in res["rows"]:
+        assert 0 < row["model_s"] < row["wall_s"] and 0 < row["model_busy"] < 1
+        assert row["model_s"] + row["wait_s"] + row["write_s"] <= row["loop_s"] * 1.01
+    # the plain loop loads in its own process: its waits are its loading
+    assert plain["wait_s"] >= plain["load_s"] * 0.9
+    assert res["loaders_needed"] >= 1
+    assert viq_main(["bench", "extract", "--workers", "0,x"]) == 2

@@ -11,19 +11,24 @@ FLAGS = {
     "try": "--dtype --image --out --preset --seed --set --size --weights",
     "demo": "--out --quick --quiet",
     "train": "--config --dry-run --out-dir --preset --quiet --resume --set --tokens --world",
-    "eval": "--codes --limit --mode --out --quiet --recon --run --split",
+    "eval": "--codes --compare --fid --limit --lmms-task --mode --out --quiet --recon --run "
+            "--size --split --weights",
     "push": "--dry-run --private --revision",
     "ablate": "--demo --quick --quiet",
-    "extract": "--bad-samples --center-crop --checkpoint --device --dtype --image-root "
+    "extract": "--bad-samples --center-crop --checkpoint --compile --device --dtype --image-root "
                "--max-tokens --num-shards --out --packed --preset --quiet --random-init --resize "
                "--seed --set --shard-index --size --weights --workers",
     "bench mllm-speedup": "--device --dtype --paper --quick --repeats",
-    "encode": "--center-crop --checkpoint --device --dtype --max-tokens --out --overwrite "
-              "--packed --preset --quiet --random-init --resize --seed --set --size --weights -o",
+    "encode": "--center-crop --checkpoint --compile --device --dtype --max-tokens --out "
+              "--overwrite --packed --preset --quiet --random-init --resize --seed --set --size "
+              "--weights --workers -o",
     "decode": "--device --dtype --out --overwrite --preset --quiet --random-init --run --seed "
               "--set --size --weights -o",
     "bench encoder": "--atol --depth --device --dtype --heads --images --max-size --min-size "
                      "--mlp-dim --patch --pos-grid --quick --repeats --seed --warmup --width",
+    "bench extract": "--checkpoint --compile --device --dtype --max-tokens --preset --quick "
+                     "--random-init --repeats --seed --set --size --synthetic --threads "
+                     "--weights --workers",
     "bench head": "--device --image-size --quick --repeats --threads",
     "bench encode": "--device --dtype --images --paper --quick --repeats",
     "bench data": "--max-tokens --resize --samples --seed --source --workers",
@@ -33,6 +38,7 @@ FLAGS = {
                   "--samples-per-shard --seed --splits --train-turns --workers",
     "data score": "--out --pred --ref",
     "data photos": "--names --out",
+    "app": "--checkpoint --device --host --port --run --size --weights",
 }
 
 

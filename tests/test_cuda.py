@@ -114,3 +114,19 @@ def test_cuda_tiny_training_bf16(tmp_path, preset):
         codes = model.encode([im.cuda() for im in _images()])
         k = codes[0].codebook_size
         assert all(int(c.codes.min()) >= 0 and int(c.codes.max()) < k for c in codes)
+
+
+@cuda
+def test_cuda_extraction_with_loading_processes_keeps_the_plain_loops_codes(tmp_path, capsys):
+    """On CUDA the forwards run asynchronously (timed by events) while loaders prepare the next
+    batch: the store equals the plain loop's, and the time split is filled in."""
+    from viq.cli.main import main as viq_main
+
+    argv = ["bench", "extract", "--preset", "tiny", "--synthetic", "4", "--workers", "0,2",
+            "--device", "cuda"]
+    assert viq_main(argv) == 0
+    import json
+
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["codes_equal"] and res["device"].startswith("cuda")
+    assert all(0 < r["model_s"] <= r["loop_s"] * 1.01 for r in res["rows"])

@@ -142,3 +142,23 @@ def test_packed_is_one_forward_per_batch_and_part_of_the_fingerprint(photos, ckp
     pixels = [load_for_encoder(photos / n, model.cfg.image) for n in ("coffee.jpg", "camera.png")]
     for a, b in zip(model.encode(pixels, packed=True), model.encode(pixels), strict=True):
         assert torch.equal(a.codes, b.codes)
+
+
+@pytest.mark.slow
+def test_compile_is_opt_in_recorded_and_close_to_eager(photos, ckpt, tmp_path, capsys):
+    """``--compile``: the codes of the compiled blocks are (nearly all) the eager ones, and the
+    fingerprint records it, so compiled and eager codes never pass for each other."""
+    out = tmp_path / "codes"
+    args = [str(photos), "-o", str(out), "--checkpoint", str(ckpt), "--quiet"]
+    assert main(args) == 0
+    eager = {p.name: load_codes(p) for p in out.iterdir()}
+    capsys.readouterr()
+    assert main([*args, "--compile"]) == 0
+    assert "4 written" in capsys.readouterr().out  # another fingerprint: redone
+    differ = total = 0
+    for p in out.iterdir():
+        f = load_codes(p)
+        assert f.fingerprint != eager[p.name].fingerprint
+        differ += int((f.codes.codes != eager[p.name].codes.codes).sum())
+        total += f.codes.codes.numel()
+    assert differ <= 0.05 * total, f"{differ} of {total} codes differ from eager"

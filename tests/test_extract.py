@@ -237,3 +237,66 @@ def test_library_extract_store_writes_the_store_of_viq_extract(tmp_path):
     assert again.written == [] and again.skipped == [0, 1]  # the library resumes the CLI's store
     made = extract_store(random_model("tiny", 0), open_extract_source(data), tmp_path / "own")
     assert made.store["model"]["kind"] == "model" and verify_store(tmp_path / "own").ok
+
+
+def _files(store: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def test_loading_processes_write_the_store_of_the_plain_loop(tmp_path):
+    """Loading in worker processes ahead of the model, with the rows written by a background
+    thread, gives the same store, byte for byte, as the plain loop — bad samples included."""
+    _images(tmp_path / "imgs", 9)
+    _images(tmp_path / "imgs" / "jpg", 4, seed=1, ext="jpg")
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    for w in (0, 3):
+        assert main([str(tmp_path / "imgs"), "--out", str(tmp_path / f"s{w}"), *MODEL,
+                     "--num-shards", "2", "--workers", str(w)]) == 0
+    plain, loaded = _files(tmp_path / "s0"), _files(tmp_path / "s3")
+    assert plain.keys() == loaded.keys()
+    for name in plain:
+        assert plain[name] == loaded[name], name
+    bad = [b["key"] for b in CodeStore(tmp_path / "s3").bad_samples()]
+    assert bad == ["broken.png"] and len(CodeStore(tmp_path / "s3")) == 13
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_killed_extraction_with_loading_processes_leaves_none_behind_and_resumes(tmp_path,
+                                                                              children):
+    _images(tmp_path / "imgs", 24, ext="jpg")
+    store = tmp_path / "s"
+    args = [str(tmp_path / "imgs"), "--out", str(store), *MODEL, "--num-shards", "12",
+            "--workers", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "viq", "extract", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = store / "shards" / "shard-00000-of-00012.json"
+    deadline = time.time() + 60
+    workers: list[int] = []
+    while not (first.exists() and len(workers) == 2) and proc.poll() is None and \
+            time.time() < deadline:
+        workers = workers if len(workers) == 2 else children(proc.pid)
+        time.sleep(0.002)
+    assert len(workers) == 2, "the extraction's loading processes were not seen"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 1 <= len(list((store / "shards").glob("*.json"))) < 12, "killed too late"
+    deadline = time.time() + 30  # orphaned loading processes see their queue close and exit
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
+        time.sleep(0.05)
+    alive = [p for p in workers if Path(f"/proc/{p}/stat").exists()
+             and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert not alive, f"loading processes outlived the killed extraction: {alive}"
+    assert main(args) == 0
+    r = verify_store(store)
+    assert r.ok, r.problems
+    assert sorted(row.sample_id for row in CodeStore(store)) == [
+        f"img{i:02d}.jpg" for i in range(24)]
+
+
+def test_worker_count_is_bounded(tmp_path, capsys):
+    _images(tmp_path / "imgs", 1)
+    assert main([str(tmp_path / "imgs"), "--out", str(tmp_path / "s"), *MODEL,
+                 "--workers", "65"]) == 2
+    assert "--workers 65: must be between 0 and 64" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("viq.presets",),
     ("viq.bench",),
     ("viq.demo",),
+    ("viq.app",),
     ("viq.cli", "viq.__main__"),
 ]
 LIBRARY_TOP = LAYERS.index(("viq",))

@@ -132,21 +132,9 @@ def test_fsdp2_matches_single_process_and_resumes_exactly(tmp_path, single):
     assert_close(again, got, range(3, STEPS + 1), rel=1e-6)
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return sorted(out)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["ddp", "fsdp2"])
-def test_sigterm_to_one_rank_checkpoints_and_resumes(tmp_path, engine):
+def test_sigterm_to_one_rank_checkpoints_and_resumes(tmp_path, engine, children):
     """SIGTERM to rank 1 only: every rank learns of it (``dist.any_flag``), a checkpoint (sharded
     under FSDP2; with every rank's data position) is written, torchrun exits 0; ``--resume``
     continues like the uninterrupted run."""
@@ -164,7 +152,7 @@ def test_sigterm_to_one_rank_checkpoints_and_resumes(tmp_path, engine):
         if path.is_file() and len([r for r in read_metrics(path) if r["split"] == "train"]) >= 2:
             break
         time.sleep(0.05)
-    ranks = _children(proc.pid)
+    ranks = children(proc.pid)
     assert proc.poll() is None and len(ranks) == 2, "the run ended before the signal"
     os.kill(ranks[1], signal.SIGTERM)
     _, err = proc.communicate(timeout=300)

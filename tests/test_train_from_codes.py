@@ -14,28 +14,13 @@ from viq.train.metrics import read_metrics
 from viq.train.stages import mllm
 
 
-@pytest.fixture(scope="module")
-def tokenizer_run(tmp_path_factory):
-    """A briefly trained stage-2-2 tiny run and a code store of its training split."""
-    from viq.cli.main import main
-
-    root = tmp_path_factory.mktemp("codes_run")
-    cfg = override(get_run("tiny_stage2_2"), ["run.steps=2", "run.tensorboard=false",
-                                              "data.synth_n=24"])
-    train(cfg, root / "s22", progress=False)
-    assert main(["extract", str(root / "s22" / "data" / "train.json"), "--out",
-                 str(root / "store"), "--checkpoint", str(root / "s22" / "final"),
-                 "--quiet"]) == 0
-    return root
-
-
 def _losses(out):
     return [r["loss"] for r in read_metrics(out / "metrics.jsonl")
             if r["split"] == "train" and "loss" in r]
 
 
-def test_store_training_matches_online_training(tokenizer_run):
-    root = tokenizer_run
+def test_store_training_matches_online_training(s22_run):
+    root = s22_run
     base = override(get_run("tiny_stage2_2"), [
         "run.steps=3", "run.tensorboard=false", "run.export=false", "llm.dropout=0",
         "data.loader.shuffle=false", f"data.train={root / 's22' / 'data' / 'train.json'}",
@@ -68,13 +53,13 @@ def test_codes_stage_refuses_pixel_losses():
         dataclasses.replace(mllm("codes"), losses=LossWeights(text=1, distill=1, recon=0))
 
 
-def test_a_run_trained_from_codes_answers_the_same_from_pixels(tokenizer_run):
+def test_a_run_trained_from_codes_answers_the_same_from_pixels(s22_run):
     """``viq eval`` on a run of the codes stage: with images (its frozen tokenizer computes the
     features) it answers exactly as with the stored codes, and another sample's image works."""
     from viq.demo.evaluate import stored_codes
     from viq.eval.understanding import evaluate, load_run
 
-    root = tokenizer_run
+    root = s22_run
     split = root / "s22" / "data" / "train.json"
     cfg = with_stage(override(get_run("tiny_stage2_2"), [
         "run.steps=1", "run.tensorboard=false", f"data.train={root / 'store'}", "data.val=",

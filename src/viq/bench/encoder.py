@@ -183,6 +183,50 @@ def peak_memory_mb(fn: Callable, device: torch.device) -> float | None:
         return None  # not Linux: no honest CPU number available
 
 
+def forward_flops(lengths: list[int], width: int, depth: int, mlp_dim: int) -> float:
+    """Multiply-adds × 2 of the blocks for sequences of ``lengths`` tokens (attention per
+    sequence): q|k|v, proj, fc1, fc2 per token, and QKᵀ + AV per sequence."""
+    per_token = 2 * (4 * width * width + 2 * width * mlp_dim)
+    return depth * (per_token * sum(lengths) + sum(4 * n * n * width for n in lengths))
+
+
+def matmul_peak(dtype: str, device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """This machine's measured GEMM rate in FLOP/s: the best of ``repeats`` timings of an
+    (n × n) @ (n × n) product (``dtype`` operands: what the model's matmuls get under autocast)."""
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a = torch.randn(n, n, device=device).to(dt)
+    b = torch.randn(n, n, device=device).to(dt)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def time_split(fn: Callable) -> dict[str, float]:
+    """Share of one call's operator time in attention (SDPA), matrix products and the rest
+    (layout copies, casts, norms, GELU, adds), from ``torch.profiler``'s self times."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    split = {"attention": 0.0, "matmul": 0.0, "other": 0.0}
+    for e in prof.key_averages():
+        name = e.key
+        kind = ("attention" if "attention" in name else
+                "matmul" if name in ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul",
+                                     "aten::linear", "aten::baddbmm") else "other")
+        if not name.startswith("aten::"):
+            continue
+        split[kind] += e.self_cpu_time_total
+    total = sum(split.values()) or 1.0
+    return {k: v / total for k, v in split.items()}
+
+
 def _run_dtype(pair: Pair, dtype: str, warmup: int, repeats: int,
                ref: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, float | None]:
     run_ours, run_hf = _forwards(pair, dtype)
@@ -198,7 +242,18 @@ def _run_dtype(pair: Pair, dtype: str, warmup: int, repeats: int,
            "hf_peak_mb": peak_memory_mb(run_hf, pair.device)}
     t = time_pair({"ours": run_ours, "hf": run_hf}, pair.device, warmup, repeats)
     n = len(pair.images)
-    row.update(ours_img_s=n / t["ours"], hf_img_s=n / t["hf"], speedup=t["hf"] / t["ours"], **mem)
+    cfg, mask = pair.ours.cfg, pair.nf.pixel_attention_mask
+    lengths = [int(x) for x in mask.sum(1)]
+    ours_f = forward_flops(lengths, cfg.width, cfg.depth, cfg.mlp_dim)
+    hf_f = forward_flops([mask.shape[1]] * len(lengths), cfg.width, cfg.depth, cfg.mlp_dim)
+    peak = matmul_peak(dtype, pair.device)
+    row.update(ours_img_s=n / t["ours"], hf_img_s=n / t["hf"], speedup=t["hf"] / t["ours"],
+               flop_ratio=hf_f / ours_f, ours_gflop_s=ours_f / t["ours"] / 1e9,
+               hf_gflop_s=hf_f / t["hf"] / 1e9, matmul_peak_gflop_s=peak / 1e9,
+               ours_peak_frac=ours_f / t["ours"] / peak, hf_peak_frac=hf_f / t["hf"] / peak,
+               **mem)
+    if pair.device.type == "cpu":
+        row["ours_time_split"] = time_split(run_ours)
     return row
 
 

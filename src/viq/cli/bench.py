@@ -27,6 +27,9 @@ BENCHES: dict[str, tuple[str, str]] = {
              "published weights: load time and peak memory (cold, warm), whole-file vs streaming"),
     "mllm-speedup": ("viq.cli.bench:mllm_main",
                      "MLLM training step: online encoder + head vs stored codes"),
+    "extract": ("viq.cli.bench:extract_main",
+                "viq extract end to end (decode + resize + forward + write): plain loop vs "
+                "loading processes, images/s, time per stage, model busy share"),
     "train": ("viq.cli.bench:train_main",
               "training step split by component (tiny, demo), fp32 vs bf16, activation ckpt"),
 }
@@ -48,6 +51,17 @@ def _encoder_table(rows: dict[str, dict[str, float | None]]) -> str:
                      f"{f(r['speedup'], '7.2f')}× {f(r['ours_peak_mb'], '8.1f')} "
                      f"{f(r['hf_peak_mb'], '8.1f')} {f(r['max_abs_diff_tokens'], '10.2e')} "
                      f"{f(r['max_abs_diff_pooled'], '10.2e')}")
+    lines.append(f"{'dtype':<6} {'FLOP ratio':>11} {'ours GF/s':>10} {'HF GF/s':>9} "
+                 f"{'GEMM peak':>10} {'ours/peak':>10} {'HF/peak':>8}  ours' time: attn / matmul "
+                 "/ other")
+    for name, r in rows.items():
+        split = r.get("ours_time_split")
+        where = (" / ".join(f"{100 * split[k]:.0f}%" for k in ("attention", "matmul", "other"))
+                 if split else "n/a")
+        lines.append(f"{name:<6} {r['flop_ratio']:>10.2f}× {r['ours_gflop_s']:>10.1f} "
+                     f"{r['hf_gflop_s']:>9.1f} {r['matmul_peak_gflop_s']:>10.1f} "
+                     f"{100 * r['ours_peak_frac']:>9.1f}% {100 * r['hf_peak_frac']:>7.1f}%  "
+                     + where)
     return "\n".join(lines)
 
 
@@ -136,6 +150,70 @@ def encode_main(argv: list[str]) -> int:
           f"in {r['images_differ']} images differ from one image a forward")
     print(json.dumps(r))
     return 0
+
+
+def extract_main(argv: list[str]) -> int:
+    import torch
+
+    from viq.bench import extract as bench
+    from viq.cli.model_args import add_compile_arg, add_device_args, add_source_args, load_model
+
+    p = argparse.ArgumentParser(prog="viq bench extract", description=bench.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_source_args(p, group=False, preset="model preset, random weights (default: demo, the "
+                    "model viq demo trains)")
+    add_device_args(p)
+    add_compile_arg(p)
+    p.add_argument("--quick", action="store_true",
+                   help="24 synthetic images + the bundled photo, workers 0 and 2 (about a minute)")
+    p.add_argument("--synthetic", type=int, default=None,
+                   help="synthetic benchmark images in the mix (default 64)")
+    p.add_argument("--workers", default=None,
+                   help="comma-separated loading-process counts; the first is the baseline "
+                        "(default 0,1,2)")
+    p.add_argument("--max-tokens", type=int, default=16384, help="patch budget per batch")
+    p.add_argument("--repeats", type=int, default=1, help="runs per configuration (best)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    args = p.parse_args(argv)
+    if sum(x is not None for x in (args.checkpoint, args.weights, args.preset)) > 1:
+        p.error("give at most one of --checkpoint, --weights, --preset")
+    if args.checkpoint is None and args.weights is None:
+        args.preset, args.random_init = args.preset or "demo", True
+    try:
+        workers = [int(w) for w in (args.workers or ("0,2" if args.quick else "0,1,2")).split(",")]
+    except ValueError:
+        p.error(f"--workers: comma-separated integers, got {args.workers!r}")
+    synthetic = args.synthetic or (24 if args.quick else 64)
+    if min(workers) < 0 or synthetic < 1 or args.repeats < 1 or args.max_tokens < 1:
+        p.error("--workers must be >= 0; --synthetic, --repeats, --max-tokens >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    compiled, args.compile = args.compile, False  # the eager rows first, then compiled
+    built = load_model(args)
+    r = bench.run(built, workers, synthetic, args.max_tokens, args.seed, args.repeats, compiled)
+    mix = r["mix"]
+    print(f"{mix['png'] + mix['jpeg']} images ({mix['png']} PNG synthetic, {mix['jpeg']} JPEG "
+          f"photos, {mix['bytes'] / 2**20:.1f} MiB), model {r['model']} (width {r['width']}, "
+          f"depth {r['depth']}), {args.dtype} on {r['device']}, {r['threads']} torch threads, "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'workers':>7} {'img/s':>7} {'×base':>6} {'wall s':>7} {'load s':>7} {'model s':>8} "
+          f"{'write s':>8} {'wait s':>7} {'busy':>6} {'codes':>6}")
+    for row in r["rows"]:
+        print(f"{row['workers']:>7} {row['images_per_s']:>7.2f} {row['speedup']:>6.2f} "
+              f"{row['wall_s']:>7.2f} {row['load_s']:>7.2f} {row['model_s']:>8.2f} "
+              f"{row['write_s']:>8.2f} {row['wait_s']:>7.2f} {100 * row['model_busy']:>5.1f}% "
+              f"{'same' if row['codes_equal_baseline'] else 'DIFFER':>6}")
+    if (c := r["compiled"]) is not None:
+        print(f"compiled, {c['workers']} workers: {c['images_per_s']:.2f} img/s "
+              f"({c['speedup_vs_eager']:.2f}× eager, {c['speedup']:.2f}× base) after a warm-up run "
+              f"of {c['warmup_wall_s']:.1f} s; busy {100 * c['model_busy']:.1f}%; "
+              f"{c['codes_differ']:,} of {c['codes_total']:,} codes "
+              f"({100 * c['codes_differ'] / max(c['codes_total'], 1):.3f} %) differ from eager")
+    print(f"loading takes {r['rows'][0]['load_s'] / max(r['rows'][0]['model_s'], 1e-9):.2f}× the "
+          f"model's time: {r['loaders_needed']} loading process(es) keep pace with the model "
+          "(given a free core each beside the model's threads)")
+    print(json.dumps(r))
+    return 0 if r["codes_equal"] else 1
 
 
 def _add_threads_and_device(p: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ model and settings (`viq.fingerprint`); otherwise they are redone and listed. Er
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from viq.cli.inputs import expand_inputs as expand_file_inputs
 from viq.cli.model_args import (
     CROP_ERROR,
     SIZE_HELP,
+    add_compile_arg,
     add_device_args,
     add_image_args,
     add_packed_arg,
@@ -43,10 +45,10 @@ from viq.cli.model_args import (
     preset_error,
 )
 from viq.codes.codesfile import FORMAT, SUFFIX, load_codes, save_codes
+from viq.codes.extract import MAX_BATCH_TOKENS, MAX_WORKERS
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm",
               ".ico"}
-MAX_BATCH_TOKENS = 1 << 18  # bound of --max-tokens (patches per batch)
 
 EPILOG = f"""\
 inputs:
@@ -103,8 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "encode API uses 1024); use it to reproduce the reference's codes")
     p.add_argument("--max-tokens", type=int, default=16384,
                    help="patch budget per batch (default 16384; a larger image runs alone)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="image-loading processes ahead of the model (default 2; 0: load in this "
+                        f"process; at most {MAX_WORKERS})")
     add_device_args(p)
     add_packed_arg(p)
+    add_compile_arg(p)
     p.add_argument("--overwrite", action="store_true", help="re-encode existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -174,9 +180,11 @@ def run_fingerprint(args: argparse.Namespace, model, model_id: str, img_cfg) -> 
 
     source = args.checkpoint if args.checkpoint is not None else args.weights
     weights = weights_identity(source) if source is not None else model_id
-    packed = {"packed": True} if args.packed else {}  # absent unless set (docs/design.md C13)
+    # absent unless set (docs/design.md C13, C37)
+    extra = {**({"packed": True} if args.packed else {}),
+             **({"compiled": True} if model.compiled else {})}
     return fingerprint(format=FORMAT, weights=weights, model=model.cfg, image=img_cfg,
-                       center_crop=args.center_crop, dtype=args.dtype, **packed)
+                       center_crop=args.center_crop, dtype=args.dtype, **extra)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -186,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
     from viq.fingerprint import remove_stale_temps
 
     check_range(args.max_tokens, 1, MAX_BATCH_TOKENS, "--max-tokens")
+    check_range(args.workers, 0, MAX_WORKERS, "--workers")
     check_file_flags(args)
     found = expand_inputs(args.inputs, args.out)
     built = load_model(args, "encode needs an FSQ head (head.quantizer=fsq)", "", "viq encode")
@@ -201,9 +210,9 @@ def run(args: argparse.Namespace) -> int:
     failures, written = found.failed, 0
     patch = model.cfg.encoder.patch_size
     with tqdm(total=len(todo), desc="encode", unit="img", disable=args.quiet) as bar:
-        for s, codes in encode_items(
-                model, todo, lambda job: _load(job, img_cfg, args.center_crop, patch),
-                max_tokens=args.max_tokens, packed=args.packed, progress=bar):
+        load = functools.partial(_load, cfg=img_cfg, center_crop=args.center_crop, patch=patch)
+        for s, codes in encode_items(model, todo, load, max_tokens=args.max_tokens,
+                                     workers=args.workers, packed=args.packed, progress=bar):
             problem = s.error if s.error is not None else _save(s, codes, model_id, fp)
             if problem is None:
                 written += 1

@@ -17,8 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from viq.cli.errors import UsageError, command
+from viq.cli.errors import UsageError, check_range, command
 from viq.cli.model_args import (
+    add_compile_arg,
     add_model_args,
     add_packed_arg,
     image_config,
@@ -64,13 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="the code store (a folder)")
     add_model_args(p)
     add_packed_arg(p)
+    add_compile_arg(p)
     p.add_argument("--image-root", type=Path,
                    help="folder LLaVA (and Parquet / save_to_disk) image paths are relative to")
     p.add_argument("--num-shards", type=int, help="output shards in all (see below)")
     p.add_argument("--shard-index", type=int, help="write only this shard (0-based)")
     p.add_argument("--max-tokens", type=int, default=16384,
                    help="patch budget per batch (default 16384; a larger sample runs alone)")
-    p.add_argument("--workers", type=int, default=2, help="image-loading threads (default 2)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="image-loading processes ahead of the model (default 2; 0: load in this "
+                        "process; at most 64); viq bench extract measures the count to use")
     p.add_argument("--bad-samples", choices=("skip", "fail"), default="skip",
                    help="skip (record and go on, default) or fail at the first bad sample")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -108,13 +112,19 @@ def my_shards(args: argparse.Namespace, n: int) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from viq.codes.extract import ExtractSettings, store_metadata, write_shards
+    from viq.codes.extract import (
+        MAX_BATCH_TOKENS,
+        MAX_WORKERS,
+        ExtractSettings,
+        store_metadata,
+        write_shards,
+    )
     from viq.codes.store import StoreError
     from viq.codes.storewrite import open_store
     from viq.data.sources import open_extract_source
 
-    if args.max_tokens < 1 or args.workers < 0:
-        raise UsageError("--max-tokens must be positive and --workers not negative")
+    check_range(args.max_tokens, 1, MAX_BATCH_TOKENS, "--max-tokens")
+    check_range(args.workers, 0, MAX_WORKERS, "--workers")
     try:
         source = open_extract_source(args.data, args.image_root)
     except (FileNotFoundError, ValueError) as e:

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("viq.cli.push", "upload a finished run's model + card to the Hugging Face Hub"),
     "ablate": ("viq.cli.ablate", "the paper's key ablations at demo scale (after viq demo)"),
     "bench": ("viq.cli.bench", "benchmarks: encoder (vs HF Siglip2), head, data loader"),
+    "app": ("viq.cli.app", "a browser page: an image's codes, reconstructions, answers (Gradio)"),
 }
 
 ABOUT = ("ViQ: text-aligned visual quantized representations at any resolution.\n"

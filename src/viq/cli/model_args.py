@@ -15,7 +15,7 @@ from pathlib import Path
 
 from viq.cli.errors import UsageError
 from viq.config import DTYPES, ImageConfig, override
-from viq.model.factory import BuiltModel, build_model
+from viq.model.factory import BuiltModel, build_model, compile_model
 
 # the help of each flag as viq extract and viq compress show it; the other commands pass theirs
 HELP = {
@@ -72,6 +72,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     """The model flags of ``viq extract`` and ``viq compress``."""
     for add in (add_source_args, add_image_args, add_device_args):
         add(p)
+
+
+def add_compile_arg(p: argparse.ArgumentParser) -> None:
+    """``--compile`` of ``viq encode``, ``extract`` and ``bench extract`` (`compile_model`)."""
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model's blocks: faster after a warm-up of seconds to "
+                        "minutes; some codes can differ from the default (exact) path, so a store "
+                        "or codes file records it (viq bench extract --compile measures both)")
 
 
 def add_packed_arg(p: argparse.ArgumentParser) -> None:
@@ -137,6 +145,8 @@ def load_model(args: argparse.Namespace, need: str = NO_CODES,
             setattr(args, flag, built.path)  # the same path, unless a name was resolved
     for line in built.report if prog else ():
         print(f"{prog}: {line}", file=sys.stderr)
+    if getattr(args, "compile", False):
+        compile_model(built.model)
     if not built.model.head.has_codes:
         raise UsageError(f"{prefix}head.quantizer={built.model.cfg.head.quantizer!r} gives no "
                          f"discrete codes; {need}")

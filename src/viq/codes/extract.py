@@ -2,9 +2,10 @@
 D1, C6, C11, C13, C17).
 
 `encode_items` is the loop of both ``viq encode`` and ``viq extract`` (so both write the same
-codes): items (one or more images each) → the caller's ``load`` (in threads when ``workers`` > 0;
-the image rule is `load_pixels`) → batches of at most ``max_tokens`` patches → `ViQModel.encode`
-→ per item its codes, in order; a model error retries the batch item by item.
+codes): items (one or more images each) → the caller's ``load`` (in loading processes when
+``workers`` > 0, ahead of the model; the image rule is `load_pixels`) → batches of at most
+``max_tokens`` patches → `ViQModel.encode` → per item its codes, in order; a model error retries
+the batch item by item. A `Timing` says where the time went (docs/design.md C37).
 `extract_store` is a whole ``viq extract`` run (the demo calls it): the store's metadata and
 fingerprint (`store_metadata`), then every shard not finished yet, one row per image
 (`extract_shard`, `viq.codes.storewrite.ShardWriter`). A sample is written whole or recorded as a
@@ -14,11 +15,19 @@ only; the codes depend only on the model and the image settings (all in the fing
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import math
+import os
+import queue
+import signal
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,68 +77,244 @@ def load_pixels(data: str | bytes | Path, cfg: ImageConfig, spec=None,
     return Pixels(to_tensor(resized), resized.size, img.size)
 
 
+MAX_BATCH_TOKENS = 1 << 18  # bound of --max-tokens (patches per batch)
+MAX_WORKERS = 64  # loading processes: a bound of the resource policy (docs/design.md C20, C37)
+
+
 @dataclass
 class Loaded:
-    """An item with its images loaded (and their patch count), or the reason it is not."""
+    """An item with its images loaded (and their patch count), or the reason it is not;
+    ``seconds``: the time its loading took (decode + resize, in whichever process loaded it)."""
 
     item: Any
     pixels: list[Pixels] = field(default_factory=list)
     error: Any = None
     patches: int = 0
+    seconds: float = 0.0
 
 
-def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
-    """``map(fn, items)`` in order, ``workers`` threads, at most 4·workers items in flight."""
+@dataclass
+class Timing:
+    """Where an image→codes loop's wall time went, in seconds (`viq bench extract`): ``load``
+    summed over the loading processes, ``model`` the forwards, ``write`` the consumer's work per
+    item (off the critical path with a background writer), ``wait`` the model waiting for loaded
+    images. ``busy`` = model / wall."""
+
+    load: float = 0.0
+    model: float = 0.0
+    write: float = 0.0
+    wait: float = 0.0
+    wall: float = 0.0
+    items: int = 0
+    batches: int = 0
+    # CUDA forwards, timed by events: read at the end of the loop, so that the forwards run
+    # asynchronously while the next batch is loaded and copied
+    events: list = field(default_factory=list, repr=False)
+
+    def settle(self) -> None:
+        """Add the CUDA forwards' time (waits for them)."""
+        if self.events:
+            self.events[-1][1].synchronize()
+            self.model += sum(a.elapsed_time(b) for a, b in self.events) / 1000
+            self.events.clear()
+
+    @property
+    def busy(self) -> float:
+        return self.model / self.wall if self.wall > 0 else 0.0
+
+    def add(self, other: Timing) -> None:
+        for f in ("load", "model", "write", "wait", "wall", "items", "batches"):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+
+
+def _timed(load: Callable[[Any], Loaded], x: Any) -> Loaded:
+    t = time.perf_counter()
+    out = load(x)
+    out.seconds = time.perf_counter() - t
+    return out
+
+
+def _start_loader(parent: int) -> None:
+    """A loading process decodes one image at a time: its torch ops get one thread, so loaders
+    and the model's threads do not oversubscribe the cores. On Linux it also dies with the
+    process that started it: a killed extraction leaves no idle loader behind (docs/design.md
+    C37)."""
+    torch.set_num_threads(1)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the line above took effect
+            os._exit(1)
+
+
+def _context():
+    """Loading processes start by fork where the platform has it (no re-import, instant start),
+    else by spawn. torch's multiprocessing context sends tensors through shared memory."""
+    import torch.multiprocessing as mp
+
+    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+
+
+def loading_pool(workers: int) -> ProcessPoolExecutor | contextlib.nullcontext:
+    """``workers`` loading processes for a whole run (every shard), as a context manager; with
+    0 workers a null context (`ordered_map` then loads in this process)."""
     if workers <= 0:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        pending: deque = deque()
+        return contextlib.nullcontext()
+    return ProcessPoolExecutor(workers, mp_context=_context(), initializer=_start_loader,
+                               initargs=(os.getpid(),))
+
+
+def ordered_map(fn: Callable[[Any], Loaded], items: Iterable, workers: int,
+                pool: ProcessPoolExecutor | None = None) -> Iterator[Loaded]:
+    """``map(fn, items)`` in order: in this process (``workers`` = 0), or in ``workers`` loading
+    processes (``pool``, else a `loading_pool` for this call) with at most 2·workers items in
+    flight (bounded memory: an item is at most one budget-sized image). A `SampleError` item (the
+    source's own bad sample) is not sent to a worker. ``fn`` must be picklable for workers (a
+    module-level function or a partial)."""
+    if workers <= 0:
         for x in items:
-            pending.append(pool.submit(fn, x))
-            if len(pending) >= 4 * workers:
-                yield pending.popleft().result()
+            yield _timed(fn, x)
+        return
+    if pool is None:
+        with loading_pool(workers) as own:
+            yield from ordered_map(fn, items, workers, own)
+        return
+
+    def result(p: Future | Loaded) -> Loaded:
+        return p.result() if isinstance(p, Future) else p
+
+    pending: deque = deque()
+    try:
+        for x in items:
+            bad = isinstance(x, SampleError)
+            pending.append(_timed(fn, x) if bad else pool.submit(_timed, fn, x))
+            if len(pending) >= 2 * workers:
+                yield result(pending.popleft())
         while pending:
-            yield pending.popleft().result()
+            yield result(pending.popleft())
+    finally:
+        for p in pending:  # a stopped run leaves no queued work behind in a shared pool
+            if isinstance(p, Future):
+                p.cancel()
+
+
+class Behind:
+    """Calls run in order on one background thread (``enabled``) or at once: the store's writes
+    leave the model's critical path. The first error is raised by the next call or `close`."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.error: BaseException | None = None
+        self._queue: queue.Queue | None = queue.Queue(maxsize=64) if enabled else None
+        if self._queue is not None:
+            self._thread = threading.Thread(target=self._work, daemon=True)
+            self._thread.start()
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if self.error is None:
+                try:
+                    job[0](*job[1])
+                except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                    self.error = e
+
+    def __call__(self, fn: Callable, *args: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        if self._queue is None:
+            fn(*args)
+        else:
+            self._queue.put((fn, args))
+
+    def close(self) -> None:
+        if self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = None
+        if self.error is not None:
+            raise self.error
 
 
 Result = list[ImageCodes] | RuntimeError | None
 
 
 def encode_items(model, items: Iterable, load: Callable[[Any], Loaded], *, max_tokens: int,
-                 workers: int = 0, packed: bool = False,
-                 progress=None) -> Iterator[tuple[Loaded, Result]]:
+                 workers: int = 0, packed: bool = False, progress=None,
+                 timing: Timing | None = None,
+                 pool: ProcessPoolExecutor | None = None) -> Iterator[tuple[Loaded, Result]]:
     """Per item ``(loaded, result)``: its codes (per image), the RuntimeError of its retry alone,
     or None when ``loaded.error`` says why it was not loaded (yielded at once, before the items
-    batched ahead of it). ``progress.update(1)`` per item loaded."""
+    batched ahead of it). Items are loaded by ``load`` in ``workers`` processes (`ordered_map`)
+    while the model encodes the previous batch; batches hold at most ``max_tokens`` patches.
+    ``progress.update(1)`` per item loaded; ``timing`` (a `Timing`) collects where time went;
+    ``pool``: a `loading_pool` shared by several calls (else one for this call)."""
+    timing = timing if timing is not None else Timing()
+    start = time.perf_counter()
     batch: list[Loaded] = []
     tokens = 0
-    for s in ordered_map(load, items, workers):
+    loaded = ordered_map(load, items, workers, pool)
+    while True:
+        t = time.perf_counter()
+        s = next(loaded, None)
+        timing.wait += time.perf_counter() - t
+        if s is None:
+            break
+        timing.load += s.seconds
+        timing.items += 1
         if progress is not None:
             progress.update(1)
         if s.error is not None:
             yield s, None
             continue
         if batch and tokens + s.patches > max_tokens:
-            yield from _encode(model, batch, packed)
+            yield from _consume(_encode(model, batch, packed, timing), timing)
             batch, tokens = [], 0
         batch.append(s)
         tokens += s.patches
-    yield from _encode(model, batch, packed)
+    yield from _consume(_encode(model, batch, packed, timing), timing)
+    timing.settle()
+    timing.wall += time.perf_counter() - start
 
 
-def _encode(model, batch: list[Loaded], packed: bool) -> Iterator[tuple[Loaded, Result]]:
+def _consume(results: Iterator[tuple[Loaded, Result]],
+             timing: Timing) -> Iterator[tuple[Loaded, Result]]:
+    """Yield the batch's results, counting the caller's work on each (writing) as ``write``."""
+    for r in results:
+        t = time.perf_counter()
+        yield r
+        timing.write += time.perf_counter() - t
+
+
+def _encode(model, batch: list[Loaded], packed: bool,
+            timing: Timing) -> Iterator[tuple[Loaded, Result]]:
     """Codes for every item of the batch; on a model error retry item by item."""
+    if not batch:
+        return
     images = [p.tensor for s in batch for p in s.pixels]
+    cuda = model.device.type == "cuda"
+    if images and cuda:  # page-locked: the copies do not wait for the forward before them
+        images = [im.pin_memory().to(model.device, non_blocking=True) for im in images]
+    t = time.perf_counter()
+    if cuda:
+        events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        events[0].record()
     try:
+        # on CUDA this returns before the forward ends; the writer's copy of the codes to the
+        # CPU waits for it, and the next batch is loaded meanwhile
         codes = model.encode(images, packed=packed) if images else []
     except RuntimeError as e:
         if len(batch) == 1:
             yield batch[0], e
             return
         for s in batch:
-            yield from _encode(model, [s], packed)
+            yield from _encode(model, [s], packed, timing)
         return
+    finally:
+        if cuda:
+            events[1].record()
+            timing.events.append(events)
+        else:
+            timing.model += time.perf_counter() - t
+    timing.batches += 1
     i = 0
     for s in batch:
         yield s, codes[i:i + len(s.pixels)]
@@ -171,26 +356,33 @@ class ExtractSettings:
 
 
 def extract_shard(model, items: Iterable[Item | SampleError], writer: ShardWriter,
-                  settings: ExtractSettings, progress=None) -> ShardWriter:
+                  settings: ExtractSettings, progress=None, timing: Timing | None = None,
+                  pool: ProcessPoolExecutor | None = None) -> ShardWriter:
     """Encode one shard's samples into ``writer`` (committed by the caller). Bad samples follow
-    ``settings.bad_samples`` (``skip``: recorded in the shard's bad list; ``fail``: raise)."""
+    ``settings.bad_samples`` (``skip``: recorded in the shard's bad list; ``fail``: raise).
+    With loading workers the rows are written by a background thread (`Behind`)."""
     policy = BadSamplePolicy(settings.bad_samples)
-    patch = model.cfg.encoder.patch_size
     levels = tuple(model.levels)
-    load = lambda e: _load_item(e, settings.image, settings.center_crop, patch)  # noqa: E731
-    for s, codes in encode_items(model, items, load, max_tokens=settings.max_tokens,
-                                 workers=settings.workers, packed=settings.packed,
-                                 progress=progress):
-        it = s.item
-        if isinstance(codes, list):
-            writer.add_sample(it.sample_id, it.source, it.text,
-                              [(c.codes, p.size, p.original)
-                               for c, p in zip(codes, s.pixels, strict=True)], levels)
-            continue
-        err = s.error if codes is None else sample_error(
-            "unreadable_image", it.sample_id, it.source, f"encoding failed ({codes})")
-        writer.add_bad(policy.handle(err))  # raises under bad_samples="fail"
-        policy.records.clear()
+    load = functools.partial(_load_item, cfg=settings.image, center_crop=settings.center_crop,
+                             patch=model.cfg.encoder.patch_size)
+    write = Behind(settings.workers > 0)
+    try:
+        for s, codes in encode_items(model, items, load, max_tokens=settings.max_tokens,
+                                     workers=settings.workers, packed=settings.packed,
+                                     progress=progress, timing=timing, pool=pool):
+            it = s.item
+            if isinstance(codes, list):
+                write(writer.add_sample, it.sample_id, it.source, it.text,
+                      [(c.codes, p.size, p.original)
+                       for c, p in zip(codes, s.pixels, strict=True)], levels)
+                continue
+            err = s.error if codes is None else sample_error(
+                "unreadable_image", it.sample_id, it.source, f"encoding failed ({codes})")
+            bad = policy.handle(err)  # raises under bad_samples="fail"
+            write(writer.add_bad, bad)
+            policy.records.clear()
+    finally:
+        write.close()
     return writer
 
 
@@ -206,6 +398,7 @@ class ExtractStats:
     bad: int = 0
     seconds: float = 0.0
     store: dict = field(default_factory=dict)  # the store's metadata after the run
+    timing: Timing = field(default_factory=Timing)  # summed over the shards written
 
     def add(self, record: dict, seconds: float) -> None:
         self.written.append(int(record["index"]))
@@ -238,8 +431,10 @@ def store_metadata(built: BuiltModel, source, settings: ExtractSettings, num_sha
     model = built.model
     image = {"image": to_dict(settings.image), "center_crop": settings.center_crop,
              "dtype": {v: k for k, v in DTYPES.items()}[model.dtype],
-             # "packed" is absent unless set: a per-image store's fingerprint omits it (C13)
-             **({"packed": True} if settings.packed else {})}
+             # "packed" / "compiled" are absent unless set: a plain store's fingerprint omits
+             # them (C13, C37)
+             **({"packed": True} if settings.packed else {}),
+             **({"compiled": True} if model.compiled else {})}
     data = source.identity()
     levels = [int(v) for v in model.levels]
     k = codebook_size(levels)
@@ -267,25 +462,31 @@ def extract_store(model: ViQModel | BuiltModel, source, out: str | Path,
 
 def write_shards(model, source, out: str | Path, settings: ExtractSettings, base: dict,
                  shards: Iterable[int] | None = None, progress: bool = False) -> ExtractStats:
-    """The shards (default: all) of a store opened with ``base`` (`store_metadata`)."""
+    """The shards (default: all) of a store opened with ``base`` (`store_metadata`); one
+    `loading_pool` serves them all, started at the first shard to write."""
     out, n, fp = Path(out), base["num_shards"], base["fingerprint"]
     stats = ExtractStats()
-    for k in range(n) if shards is None else shards:
-        if shard_finished(out, k, n, fp):
-            stats.skipped.append(k)
-            continue
-        writer = ShardWriter(out, k, n, fp, base["codebook_size"])
-        bar = tqdm(desc=f"extract shard {k}/{n}", total=source.count(k, n), unit="sample",
-                   disable=not progress)
-        t = time.perf_counter()
-        try:
-            rec = extract_shard(model, source.items(k, n), writer, settings, bar).commit()
-        except BaseException:
-            writer.abort()
-            raise
-        finally:
-            bar.close()
-        stats.add(rec, time.perf_counter() - t)
-        refresh_metadata(out)
+    with contextlib.ExitStack() as stack:
+        pool = None
+        for k in range(n) if shards is None else shards:
+            if shard_finished(out, k, n, fp):
+                stats.skipped.append(k)
+                continue
+            if pool is None:
+                pool = stack.enter_context(loading_pool(settings.workers))
+            writer = ShardWriter(out, k, n, fp, base["codebook_size"])
+            bar = tqdm(desc=f"extract shard {k}/{n}", total=source.count(k, n), unit="sample",
+                       disable=not progress)
+            t = time.perf_counter()
+            try:
+                rec = extract_shard(model, source.items(k, n), writer, settings, bar,
+                                    stats.timing, pool).commit()
+            except BaseException:
+                writer.abort()
+                raise
+            finally:
+                bar.close()
+            stats.add(rec, time.perf_counter() - t)
+            refresh_metadata(out)
     stats.store = refresh_metadata(out)
     return stats

@@ -203,6 +203,20 @@ def pack_codes(codes, levels: tuple[int, ...], method: str = "auto") -> bytes:
     return min(blobs.values(), key=len)  # ties: raw first (insertion order), then zstd
 
 
+def storage_sizes(codes) -> dict:
+    """Bytes of a set of images (`ImageCodes`) three ways: raw RGB of the pixels the encoder saw
+    (its whole patches, 3 bytes a pixel), the uint16 codes (``raw``'s bytes), and the
+    entropy-packed blobs (``auto``), each with its ratio to raw (docs/design.md A3 storage)."""
+    n_codes = sum(c.codes.numel() for c in codes)
+    raw = sum(c.grid[0] * c.grid[1] * 16 * 16 * 3 for c in codes)
+    packed = sum(len(pack_codes(c.codes.cpu().numpy().astype(np.int64), tuple(c.levels)))
+                 for c in codes)
+    return {"raw RGB": {"bytes": raw, "ratio": 1.0},
+            "uint16 codes": {"bytes": 2 * n_codes, "ratio": raw / max(1, 2 * n_codes)},
+            "entropy-packed": {"bytes": packed, "ratio": raw / max(1, packed),
+                               "bits_per_code": 8 * packed / max(1, n_codes)}}
+
+
 def method_of(blob: bytes) -> str:
     """The method name recorded in a blob's first byte."""
     if not blob or blob[0] not in _NAMES:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -30,22 +29,6 @@ def stored_codes(store: Path) -> dict:
     for s in CodeStore(store).samples():
         out[s.sample_id] = [r.image_codes for r in s.images]
     return out
-
-
-def _storage(codes: list, out: Path) -> dict:
-    from viq.codes.pack import pack_codes
-
-    n_codes = sum(c.codes.numel() for c in codes)
-    raw = sum(c.grid[0] * c.grid[1] * 16 * 16 * 3 for c in codes)  # the pixels the encoder saw
-    packed = 0
-    for c in codes:
-        blob = pack_codes(c.codes.numpy().astype(np.int64), tuple(c.levels))
-        packed += len(blob)
-    bits = 8 * packed / max(1, n_codes)
-    return {"raw RGB": {"bytes": raw, "ratio": 1.0},
-            "uint16 codes": {"bytes": 2 * n_codes, "ratio": raw / max(1, 2 * n_codes)},
-            "entropy-packed": {"bytes": packed, "ratio": raw / max(1, packed),
-                               "bits_per_code": bits}}
 
 
 def mllm_speedup(obj, seq: int = 384, repeats: int = 2) -> dict:
@@ -92,6 +75,7 @@ def _fit_note(fit: dict, same: float) -> str:
 
 
 def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = True) -> dict:
+    from viq.codes.pack import storage_sizes
     from viq.demo.photos import evaluation_photos, training_photos
     from viq.demo.report import RECON_ROWS, plot_losses, plot_reconstructions, plot_usage
     from viq.eval.reconstruction import code_usage, reconstruct_files
@@ -186,7 +170,7 @@ def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = Tru
     k = flat[0].codebook_size
     counts = torch.bincount(torch.cat([c.codes.reshape(-1) for c in flat]), minlength=k)
     results["figures"]["usage"] = plot_usage(counts, out).name
-    results["storage"] = _storage(flat, out)
+    results["storage"] = storage_sizes(flat)
     results["speedup"] = mllm_speedup(s22)
     results["figures"]["losses"] = plot_losses(
         {s: out / s for s in ("stage1", "stage2_1", "stage2_2", "decoder")}, out).name

@@ -148,3 +148,14 @@ def random_drawer(model: ViQModel, seed: int = 0) -> ViQDrawer:
     head = LatentHead(model.cfg.encoder.width, model.cfg.encoder.heads).eval()
     vae = AutoencoderKLQwenImage(**RANDOM_VAE).eval().requires_grad_(False)
     return ViQDrawer(model, head, vae)
+
+
+def any_drawer(location: str | Path, size: str | None = None) -> ViQDrawer:
+    """The drawer of whatever ``location`` holds: a trained run (its ``final/`` or checkpoints, or
+    ``final/`` itself: `run_drawer`), else published weights (`load_drawer`, ``size`` when the
+    folder holds several). ``viq eval --recon --compare`` takes either."""
+    p = Path(location)
+    if p.exists() and ((p / "final" / "train_config.json").is_file()
+                       or (p / "train_config.json").is_file() or (p / "checkpoints").is_dir()):
+        return run_drawer(p)
+    return load_drawer(location, size)

@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from viq.config import load_json
+from viq.config import ImageConfig, load_json
 from viq.data.images import load_for_encoder
 from viq.data.llava import Sample, load_llava
 from viq.data.score import ScoreReport, load_references, score
@@ -98,15 +98,17 @@ def _features(obj: Objective, images: list[torch.Tensor]) -> Packed:
 @torch.no_grad()
 def predict(obj: Objective, samples: Sequence[Sample], mode: Mode = "images", *,
             codes: dict[str, list[ImageCodes]] | None = None, batch: int = 8,
-            max_new_tokens: int = 10, progress: bool = False) -> dict[str, str]:
-    """``{sample key: answer}`` for ``samples`` (see the module docstring for ``mode``)."""
+            max_new_tokens: int = 10, progress: bool = False,
+            image: ImageConfig | None = None) -> dict[str, str]:
+    """``{sample key: answer}`` for ``samples`` (see the module docstring for ``mode``);
+    ``image``: the image rule the pixels are loaded with (default the run's)."""
     from viq.supervision.text import tokenize_prompt
 
     cfg = obj.cfg
     tok = obj.tokenizer
     all_images: list[list[torch.Tensor]] = []
     for s in samples:
-        all_images.append([load_for_encoder(ref.location, cfg.model.image, ref.resize,
+        all_images.append([load_for_encoder(ref.location, image or cfg.model.image, ref.resize,
                                             name=s.key) for ref in s.images])
     if mode == "shuffled":  # sample i sees sample i+1's images (a derangement for n > 1)
         all_images = all_images[1:] + all_images[:1]

@@ -22,6 +22,8 @@ from viq.data.bundled import bundled_photo
 from viq.data.images import load_for_encoder
 from viq.fingerprint import file_sha256, fingerprint
 from viq.hub import resolve
+from viq.model.headwise import HeadwiseBlock
+from viq.model.layers import Block
 from viq.model.release import load_release
 from viq.model.release_files import locate_weights
 from viq.model.viq import CONFIG_NAME, WEIGHTS_NAME, ViQModel
@@ -89,6 +91,19 @@ def _random_model(cfg: ModelConfig, seed: int, images: list[torch.Tensor] | None
     with torch.no_grad():
         images = images or [load_for_encoder(bundled_photo(), cfg.image)]
         model.head.calibrate_project_in(model.encoder(images).tokens)
+    return model
+
+
+def compile_model(model: ViQModel) -> ViQModel:
+    """``torch.compile`` every transformer block of ``model`` (encoder and head), shapes dynamic
+    so images of any size share one compiled graph; in place, weights untouched. Opt-in: the
+    fused kernels round differently, so some codes can differ from the eager model's, and the
+    first images pay the compilation (docs/design.md C37). ``model.compiled`` records it (code
+    fingerprints include it)."""
+    for m in model.modules():
+        if isinstance(m, (Block, HeadwiseBlock)):
+            m.compile(dynamic=True)
+    model.compiled = True
     return model
 
 

@@ -72,7 +72,10 @@ class ViQOutput:
 
 
 class ViQModel(nn.Module):
-    """Encoder + quantizer head, built from a ``ModelConfig``."""
+    """Encoder + quantizer head, built from a ``ModelConfig``. ``compiled``: its blocks run
+    through ``torch.compile`` (`viq.model.factory.compile_model`)."""
+
+    compiled = False
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
