@@ -52,7 +52,8 @@ def test_bench_extract_splits_the_time_and_keeps_the_codes(capsys):
     assert (plain["workers"], loaded["workers"]) == (0, 2)
     assert plain["images"] == loaded["images"] == res["mix"]["png"] + res["mix"]["jpeg"] == 7
     for row in res["rows"]:
-        assert 0 < row["model_s"] < row["wall_s"] and 0 < row["model_busy"] < 1
+        assert 0 < row["model_s"] < row["loop_s"] < row["wall_s"] and 0 < row["model_busy"] < 1
+        assert row["setup_s"] == pytest.approx(row["wall_s"] - row["loop_s"])
         assert row["model_s"] + row["wait_s"] + row["write_s"] <= row["loop_s"] * 1.01
     # the plain loop loads in its own process: its waits are its loading
     assert plain["wait_s"] >= plain["load_s"] * 0.9

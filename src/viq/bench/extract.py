@@ -1,15 +1,16 @@
 """``viq bench extract``: images/s of ``viq extract`` end to end, split by stage.
 
     viq bench extract --quick             # ~1 min on 2 CPU cores
-    viq bench extract                     # 68 images, workers 0 / 1 / 2, the demo's model
+    viq bench extract                     # 196 images, workers 0 / 1 / 2, the demo's model
 
 A realistic mix, the same on every install (`make_mix`): the synthetic benchmark's scenes (general,
 OCR, chart, detail; 128–768 px, aspect up to 3), half PNG and half JPEG, and the bundled photo as
 JPEG at four scales, in one image folder. Each configuration extracts the folder into a fresh store
 with `viq.codes.extract.extract_store` — decode + resize + forward + write, what ``viq extract``
-runs — and reports images/s, the seconds of each stage (`viq.codes.extract.Timing`: loading summed
-over the loading processes, the model's forwards, the writes, the model waiting for images) and the
-share of wall time the model is busy. The baseline is the plain loop (``workers`` 0: decode,
+runs — and reports images/s end to end, the seconds of each stage (`viq.codes.extract.Timing`:
+loading summed over the loading processes, the model's forwards, the writes, the model waiting for
+images), ``setup_s`` (the store's fingerprint, metadata and commit around the loop) and the share
+of the loop's wall time the model is busy. The baseline is the plain loop (``workers`` 0: decode,
 forward and write one after another in one process); the others load in ``workers`` processes ahead
 of the model and write from a background thread (docs/design.md C37). Every store's codes are
 compared with the baseline's, row by row.
@@ -94,7 +95,7 @@ def measure(built: BuiltModel, data: Path, workers: int, max_tokens: int, work: 
     return {"workers": workers, "images": stats.images, "codes": stats.codes, "wall_s": wall,
             "images_per_s": stats.images / wall, "load_s": tm.load, "model_s": tm.model,
             "write_s": tm.write, "wait_s": tm.wait, "loop_s": tm.wall, "batches": tm.batches,
-            "model_busy": tm.model / wall, "store": str(store)}
+            "setup_s": wall - tm.wall, "model_busy": tm.busy, "store": str(store)}
 
 
 def _differing(a: list[tuple[str, bytes]], b: list[tuple[str, bytes]],

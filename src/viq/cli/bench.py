@@ -167,12 +167,13 @@ def extract_main(argv: list[str]) -> int:
     p.add_argument("--quick", action="store_true",
                    help="24 synthetic images + the bundled photo, workers 0 and 2 (about a minute)")
     p.add_argument("--synthetic", type=int, default=None,
-                   help="synthetic benchmark images in the mix (default 64)")
+                   help="synthetic benchmark images in the mix (default 192)")
     p.add_argument("--workers", default=None,
                    help="comma-separated loading-process counts; the first is the baseline "
                         "(default 0,1,2)")
     p.add_argument("--max-tokens", type=int, default=16384, help="patch budget per batch")
-    p.add_argument("--repeats", type=int, default=1, help="runs per configuration (best)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="runs per configuration, the best counts (default 2; --quick 1)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     args = p.parse_args(argv)
     if sum(x is not None for x in (args.checkpoint, args.weights, args.preset)) > 1:
@@ -183,7 +184,8 @@ def extract_main(argv: list[str]) -> int:
         workers = [int(w) for w in (args.workers or ("0,2" if args.quick else "0,1,2")).split(",")]
     except ValueError:
         p.error(f"--workers: comma-separated integers, got {args.workers!r}")
-    synthetic = args.synthetic or (24 if args.quick else 64)
+    synthetic = args.synthetic or (24 if args.quick else 192)
+    args.repeats = args.repeats or (1 if args.quick else 2)
     if min(workers) < 0 or synthetic < 1 or args.repeats < 1 or args.max_tokens < 1:
         p.error("--workers must be >= 0; --synthetic, --repeats, --max-tokens >= 1")
     if args.threads:
@@ -196,12 +198,13 @@ def extract_main(argv: list[str]) -> int:
           f"photos, {mix['bytes'] / 2**20:.1f} MiB), model {r['model']} (width {r['width']}, "
           f"depth {r['depth']}), {args.dtype} on {r['device']}, {r['threads']} torch threads, "
           f"{os.cpu_count()} CPUs")
-    print(f"{'workers':>7} {'img/s':>7} {'×base':>6} {'wall s':>7} {'load s':>7} {'model s':>8} "
-          f"{'write s':>8} {'wait s':>7} {'busy':>6} {'codes':>6}")
+    print(f"{'workers':>7} {'img/s':>7} {'×base':>6} {'wall s':>7} {'setup s':>8} {'load s':>7} "
+          f"{'model s':>8} {'write s':>8} {'wait s':>7} {'busy':>6} {'codes':>6}")
     for row in r["rows"]:
         print(f"{row['workers']:>7} {row['images_per_s']:>7.2f} {row['speedup']:>6.2f} "
-              f"{row['wall_s']:>7.2f} {row['load_s']:>7.2f} {row['model_s']:>8.2f} "
-              f"{row['write_s']:>8.2f} {row['wait_s']:>7.2f} {100 * row['model_busy']:>5.1f}% "
+              f"{row['wall_s']:>7.2f} {row['setup_s']:>8.2f} {row['load_s']:>7.2f} "
+              f"{row['model_s']:>8.2f} {row['write_s']:>8.2f} {row['wait_s']:>7.2f} "
+              f"{100 * row['model_busy']:>5.1f}% "
               f"{'same' if row['codes_equal_baseline'] else 'DIFFER':>6}")
     if (c := r["compiled"]) is not None:
         print(f"compiled, {c['workers']} workers: {c['images_per_s']:.2f} img/s "
