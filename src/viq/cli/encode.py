@@ -45,7 +45,7 @@ from viq.cli.model_args import (
     preset_error,
 )
 from viq.codes.codesfile import FORMAT, SUFFIX, load_codes, save_codes
-from viq.codes.extract import MAX_BATCH_TOKENS, MAX_WORKERS
+from viq.codes.extract import MAX_BATCH_TOKENS, MAX_WORKERS, default_workers
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm",
               ".ico"}
@@ -105,9 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "encode API uses 1024); use it to reproduce the reference's codes")
     p.add_argument("--max-tokens", type=int, default=16384,
                    help="patch budget per batch (default 16384; a larger image runs alone)")
-    p.add_argument("--workers", type=int, default=2,
-                   help="image-loading processes ahead of the model (default 2; 0: load in this "
-                        f"process; at most {MAX_WORKERS})")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image-loading processes ahead of the model (0: load in this process; "
+                        "at most 64; default: up to 8 with a GPU, on a CPU none up to 4 cores, "
+                        "else a quarter of them); viq bench extract measures the count to use")
     add_device_args(p)
     add_packed_arg(p)
     add_compile_arg(p)
@@ -194,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
     from viq.fingerprint import remove_stale_temps
 
     check_range(args.max_tokens, 1, MAX_BATCH_TOKENS, "--max-tokens")
-    check_range(args.workers, 0, MAX_WORKERS, "--workers")
+    if args.workers is not None:
+        check_range(args.workers, 0, MAX_WORKERS, "--workers")
     check_file_flags(args)
     found = expand_inputs(args.inputs, args.out)
     built = load_model(args, "encode needs an FSQ head (head.quantizer=fsq)", "", "viq encode")
@@ -211,8 +213,9 @@ def run(args: argparse.Namespace) -> int:
     patch = model.cfg.encoder.patch_size
     with tqdm(total=len(todo), desc="encode", unit="img", disable=args.quiet) as bar:
         load = functools.partial(_load, cfg=img_cfg, center_crop=args.center_crop, patch=patch)
+        workers = default_workers(model.device) if args.workers is None else args.workers
         for s, codes in encode_items(model, todo, load, max_tokens=args.max_tokens,
-                                     workers=args.workers, packed=args.packed, progress=bar):
+                                     workers=workers, packed=args.packed, progress=bar):
             problem = s.error if s.error is not None else _save(s, codes, model_id, fp)
             if problem is None:
                 written += 1

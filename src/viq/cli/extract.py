@@ -72,9 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-index", type=int, help="write only this shard (0-based)")
     p.add_argument("--max-tokens", type=int, default=16384,
                    help="patch budget per batch (default 16384; a larger sample runs alone)")
-    p.add_argument("--workers", type=int, default=2,
-                   help="image-loading processes ahead of the model (default 2; 0: load in this "
-                        "process; at most 64); viq bench extract measures the count to use")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image-loading processes ahead of the model (0: load in this process; "
+                        "at most 64; default: up to 8 with a GPU, on a CPU none up to 4 cores, "
+                        "else a quarter of them); viq bench extract measures the count to use")
     p.add_argument("--bad-samples", choices=("skip", "fail"), default="skip",
                    help="skip (record and go on, default) or fail at the first bad sample")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -124,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     from viq.data.sources import open_extract_source
 
     check_range(args.max_tokens, 1, MAX_BATCH_TOKENS, "--max-tokens")
-    check_range(args.workers, 0, MAX_WORKERS, "--workers")
+    if args.workers is not None:
+        check_range(args.workers, 0, MAX_WORKERS, "--workers")
     try:
         source = open_extract_source(args.data, args.image_root)
     except (FileNotFoundError, ValueError) as e:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import math
 import os
@@ -79,6 +80,19 @@ def load_pixels(data: str | bytes | Path, cfg: ImageConfig, spec=None,
 
 MAX_BATCH_TOKENS = 1 << 18  # bound of --max-tokens (patches per batch)
 MAX_WORKERS = 64  # loading processes: a bound of the resource policy (docs/design.md C20, C37)
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_workers(device: torch.device | str) -> int:
+    """Loading processes when none are asked for: on a GPU up to 8 (one core left to the main
+    process); on a CPU none up to 4 cores — there the loaders take the cores the model's own
+    threads use, and on 2 cores they cost the forward more than they save (`viq bench
+    extract`, docs/codes.md) — else a quarter of the cores, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    if torch.device(device).type == "cuda":
+        return max(0, min(MAX_DEFAULT_WORKERS, cores - 1))
+    return 0 if cores <= 4 else min(MAX_DEFAULT_WORKERS, cores // 4)
 
 
 @dataclass
@@ -265,7 +279,9 @@ def encode_items(model, items: Iterable, load: Callable[[Any], Loaded], *, max_t
         if s.error is not None:
             yield s, None
             continue
-        if batch and tokens + s.patches > max_tokens:
+        # one image a forward (not ``packed``): each item is its own batch, so the model starts
+        # on it at once while the loaders prepare the next ones; packed: up to ``max_tokens``
+        if batch and (not packed or tokens + s.patches > max_tokens):
             yield from _consume(_encode(model, batch, packed, timing), timing)
             batch, tokens = [], 0
         batch.append(s)
@@ -350,7 +366,7 @@ class ExtractSettings:
     image: ImageConfig
     center_crop: int | None = None
     max_tokens: int = 16384
-    workers: int = 2
+    workers: int | None = None  # loading processes; None: `default_workers` of the model's device
     bad_samples: str = "skip"
     packed: bool = False  # one forward per batch (ViQModel.encode)
 
@@ -465,6 +481,8 @@ def write_shards(model, source, out: str | Path, settings: ExtractSettings, base
     """The shards (default: all) of a store opened with ``base`` (`store_metadata`); one
     `loading_pool` serves them all, started at the first shard to write."""
     out, n, fp = Path(out), base["num_shards"], base["fingerprint"]
+    if settings.workers is None:
+        settings = dataclasses.replace(settings, workers=default_workers(model.device))
     stats = ExtractStats()
     with contextlib.ExitStack() as stack:
         pool = None
