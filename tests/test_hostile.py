@@ -261,10 +261,12 @@ def _lines(err: str, label: str) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 
 
-def test_encode_over_the_corpus(corpus, tmp_path, cwd, capsys):
+@pytest.mark.parametrize("workers", ["0", "2"])  # loading in this process / in 2 processes
+def test_encode_over_the_corpus(workers, corpus, tmp_path, cwd, capsys):
     out = tmp_path / "out"
     stdout, err = run(capsys, ["encode", str(corpus.images), "-o", str(out), "--preset", "tiny",
-                               "--random-init", "--quiet"], 1, [corpus.root, cwd])
+                               "--random-init", "--quiet", "--workers", workers], 1,
+                      [corpus.root, cwd])
     failed, skipped = _lines(err, "failed"), _lines(err, "skipped")
     assert len(failed) == len(BAD_IMAGES) and len(skipped) == len(SKIPPED), err
     for name, word in BAD_IMAGES.items():
