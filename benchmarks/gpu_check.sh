@@ -8,8 +8,8 @@
 #
 #   bash benchmarks/gpu_check.sh [DEVICE [STEP...]]   # DEVICE: cuda (default) or cpu
 #
-# STEPs name the steps to run (pytest encoder encoder_paper head codes codes_paper train
-# mllm_speedup load mllm_paper); none = all of them, in that order.
+# STEPs name the steps to run (pytest encoder encoder_paper head codes codes_paper extract train
+# mllm_speedup load mllm_paper extract_paper); none = all of them, in that order.
 #
 # cuda: the full run, about 7 minutes of work on an H200 (a time budget caps it; a step that
 # would overrun is cut at the budget's end). cpu: a dry run of every command line at the
@@ -25,7 +25,7 @@ case "$dev" in
     cuda | cpu) ;;
     *) echo "usage: bash benchmarks/gpu_check.sh [cuda|cpu] [STEP...]" >&2; exit 2 ;;
 esac
-all_steps=" pytest encoder encoder_paper head codes codes_paper train mllm_speedup load mllm_paper "
+all_steps=" pytest encoder encoder_paper head codes codes_paper extract train mllm_speedup load mllm_paper extract_paper "
 wanted=" ${*:2} "
 for s in ${*:2}; do
     if [[ "$all_steps" != *" $s "* ]]; then
@@ -133,6 +133,9 @@ if [ "$dev" = cuda ]; then
     step codes 60 "$log" "${viq[@]}" encode --device cuda --repeats 5 --images 32
     step codes_paper 120 "$log" "${viq[@]}" encode --paper --device cuda --dtype bf16 \
         --repeats 3 --images 32
+    # (c'') viq extract end to end (decode + resize + forward + write): the plain loop vs loading
+    #      processes ahead of the GPU, the GPU's busy share; then compiled
+    step extract 120 "$log" "${viq[@]}" extract --device cuda --workers 0,2,8 --compile
     # (d) training step split by component, tiny and demo sizes, fp32 and bf16, ± ckpt
     step train 120 "$log" "${viq[@]}" train --device cuda --repeats 5
     # (e) MLLM training step: online encoder + head vs stored codes
@@ -144,6 +147,9 @@ if [ "$dev" = cuda ]; then
     #     bf16 autocast): last, with what is left of the budget
     step mllm_paper 300 "$log" "${viq[@]}" mllm-speedup --paper --device cuda --dtype bf16 \
         --repeats 3
+    # (h) extraction at the paper's width (SigLIP2-g + the 64k head, random weights, bf16)
+    step extract_paper 300 "$log" "${viq[@]}" extract --device cuda --dtype bf16 \
+        --preset siglip2_g --workers 0,8 --synthetic 64
 else
     step pytest 300 "$out/pytest.log" python3 -m pytest -q -rA --durations=10 \
         -p no:cacheprovider tests/test_cuda.py
@@ -152,6 +158,7 @@ else
         --width 64 --depth 2 --heads 2 --pos-grid 16 --images 4
     step head 600 "$log" "${viq[@]}" head --device cpu --quick --repeats 1
     step codes 600 "$log" "${viq[@]}" encode --device cpu --quick --repeats 1
+    step extract 600 "$log" "${viq[@]}" extract --device cpu --quick
     step train 900 "$log" "${viq[@]}" train --device cpu --quick --repeats 1
     step mllm_speedup 600 "$log" "${viq[@]}" mllm-speedup --device cpu --quick --repeats 1 \
         --dtype bf16
