@@ -215,13 +215,13 @@ def time_split(fn: Callable) -> dict[str, float]:
     with profile() as prof:
         fn()
     split = {"attention": 0.0, "matmul": 0.0, "other": 0.0}
+    matmuls = ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear",
+               "aten::baddbmm")
     for e in prof.key_averages():
-        name = e.key
-        kind = ("attention" if "attention" in name else
-                "matmul" if name in ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul",
-                                     "aten::linear", "aten::baddbmm") else "other")
-        if not name.startswith("aten::"):
+        if not e.key.startswith("aten::"):
             continue
+        kind = ("attention" if "attention" in e.key else
+                "matmul" if e.key in matmuls else "other")
         split[kind] += e.self_cpu_time_total
     total = sum(split.values()) or 1.0
     return {k: v / total for k, v in split.items()}

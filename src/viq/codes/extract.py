@@ -119,7 +119,6 @@ class Timing:
     write: float = 0.0
     wait: float = 0.0
     wall: float = 0.0
-    items: int = 0
     batches: int = 0
     # CUDA forwards, timed by events: read at the end of the loop, so that the forwards run
     # asynchronously while the next batch is loaded and copied
@@ -135,10 +134,6 @@ class Timing:
     @property
     def busy(self) -> float:
         return self.model / self.wall if self.wall > 0 else 0.0
-
-    def add(self, other: Timing) -> None:
-        for f in ("load", "model", "write", "wait", "wall", "items", "batches"):
-            setattr(self, f, getattr(self, f) + getattr(other, f))
 
 
 def _timed(load: Callable[[Any], Loaded], x: Any) -> Loaded:
@@ -273,7 +268,6 @@ def encode_items(model, items: Iterable, load: Callable[[Any], Loaded], *, max_t
         if s is None:
             break
         timing.load += s.seconds
-        timing.items += 1
         if progress is not None:
             progress.update(1)
         if s.error is not None:

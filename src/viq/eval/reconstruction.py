@@ -102,6 +102,17 @@ def reconstruct_image(drawer, image: torch.Tensor, codes: ImageCodes) -> Reconst
     return Reconstruction(x, y, psnr(x, y), ssim(x, y))
 
 
+def _reconstruct_each(drawer, model, paths: Sequence[str | Path]):
+    """Per file: (its pixels as the encoder saw them, its codes (one image a forward, C11), the
+    `Reconstruction` by ``drawer``, its report row: image, size, PSNR, SSIM)."""
+    for path in paths:
+        img = load_for_encoder(path, model.cfg.image, name=str(path))
+        codes = model.encode([img])[0]
+        one = reconstruct_image(drawer, img, codes)
+        yield img, codes, one, {"image": str(path), "size": list(one.size), "psnr": one.psnr,
+                                "ssim": one.ssim}
+
+
 @torch.no_grad()
 def reconstruct_files(obj: Objective, paths: Sequence[str | Path], keep: int = 0,
                       codes_out: list[ImageCodes] | None = None, vae: bool = False,
@@ -110,17 +121,12 @@ def reconstruct_files(obj: Objective, paths: Sequence[str | Path], keep: int = 0
     ``keep`` (original, reconstruction[, VAE alone]) tuples in [0, 1] for figures; each image's
     codes are appended to ``codes_out`` when given (so a caller needs no second encoder pass).
     ``vae``: also the VAE alone (``vae_psnr`` / ``vae_ssim``, per image and on average)."""
-    drawer = objective_drawer(obj)
     per, pairs = [], []
-    for path in paths:
-        img = load_for_encoder(path, obj.cfg.model.image, name=str(path))
-        codes = obj.model.encode([img])
+    for img, codes, one, row in _reconstruct_each(objective_drawer(obj), obj.model, paths):
         if codes_out is not None:
-            codes_out.extend(codes)
-        one = reconstruct_image(drawer, img, codes[0])
+            codes_out.append(codes)
         x, y = one.original, one.reconstruction
-        per.append({"image": str(path), "size": list(one.size), "psnr": one.psnr,
-                    "ssim": one.ssim})
+        per.append(row)
         shown = (x, y)
         if vae:
             v = vae_roundtrip(obj, img) * 0.5 + 0.5
@@ -253,14 +259,10 @@ def measure(drawer, paths: Sequence[str | Path], label: str, fid: str | None = N
     models compared share the first's, so their distances are in one space)."""
     model = drawer.model
     per, codes, pairs = [], [], []
-    for path in paths:
-        img = load_for_encoder(path, model.cfg.image, name=str(path))
-        c = model.encode([img])[0]
-        one = reconstruct_image(drawer, img, c)
+    for _, c, one, row in _reconstruct_each(drawer, model, paths):
         codes.append(c)
         pairs.append((one.original, one.reconstruction))
-        per.append({"image": str(path), "size": list(one.size), "psnr": one.psnr,
-                    "ssim": one.ssim})
+        per.append(row)
     n = max(1, len(per))
     usage = code_usage(codes)
     k = usage["codebook"]
