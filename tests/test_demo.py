@@ -95,7 +95,7 @@ def test_fit_note_says_when_the_image_changes_nothing():
 
 
 def test_a_gain_over_the_blind_baseline_is_read_against_chance():
-    from viq.demo.evaluate import _margin
+    from viq.demo.sweep import two_se as _margin
 
     # 26 % against 17 % on 100 questions: two standard errors of the difference are 11.5 points
     assert _margin(0.26, 0.17, 100) == pytest.approx(0.1155, abs=5e-4)

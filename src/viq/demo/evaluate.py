@@ -16,10 +16,11 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
+
+from viq.demo.sweep import two_se
 
 
 def stored_codes(store: Path) -> dict:
@@ -48,14 +49,6 @@ def mllm_speedup(obj, seq: int = 384, repeats: int = 2) -> dict:
             "forward online (s)": f_on, "forward from codes (s)": f_st,
             "step online (s)": s_on, "step from codes (s)": s_st,
             "step speed-up (×)": s_on / s_st}
-
-
-def _margin(a: float, b: float, n: int) -> float:
-    """Two standard errors of the difference of two accuracies on ``n`` questions each
-    (binomial, as if independent: the same questions make the true error smaller)."""
-    if n <= 0:
-        return 0.0
-    return 2.0 * math.sqrt((a * (1 - a) + b * (1 - b)) / n)
 
 
 def _fit_note(fit: dict, same: float) -> str:
@@ -119,7 +112,7 @@ def evaluate_demo(out: Path, data: Path, store: Path, plan, progress: bool = Tru
     n = u["continuous (stage 1)"]["overall"]["n"]
     keeps = (f"quantized keeps {100 * quant / cont:.0f} % of the continuous model's accuracy"
              if cont else "the continuous model answered nothing right")
-    m1, m2 = _margin(cont, blind1, n), _margin(quant, blind2, n)
+    m1, m2 = two_se(cont, blind1, n), two_se(quant, blind2, n)
     note = (f"{keeps}; what the image adds over the better of the same model's two blind "
             f"baselines: continuous {100 * (cont - blind1):+.1f} points, quantized "
             f"{100 * (quant - blind2):+.1f} points (n = {n} questions: a gain below "

@@ -1,7 +1,9 @@
 """The demo's real photos: which are evaluated, and crops of the others for the code decoder.
 
-The photos are the ones that ship inside installed packages (`viq.data.photos`: the photo bundled
-with viq, then scikit-image's, scikit-learn's and matplotlib's when installed). The first
+The photos are the ones that ship with viq (`viq.data.bundled.bundled_photos`: the cat, then
+public-domain / CC0 / CC BY photos from scikit-image's and scikit-learn's sample data, re-encoded
+and shipped in ``viq/assets/photos``), never whatever else is installed: the README's plain
+install and a developer's environment run the same demo (docs/design.md C38). The first
 ``DemoPlan.photos`` are **evaluated** (the report's photo row); the others are **cut into
 crops** for the code decoder's training set (`write_decoder_data`), never the evaluated ones.
 
@@ -13,8 +15,6 @@ out of distribution; a decoder that never saw such codes draws them as the synth
 knows. Trained also on crops of other photos, it draws the evaluated photos' coarse colours and
 layout (docs/demo.md, "Reconstructions"). A crop's record asks nothing of the image ("Describe
 the image." → "A photograph."): the decoder stage has no text loss, and the loader wants a turn.
-With no training photo installed (only viq's own and matplotlib's), ``decoder.json`` holds the
-training split alone.
 """
 
 from __future__ import annotations
@@ -29,25 +29,19 @@ from viq.data.images import load_image
 
 
 def evaluation_photos(limit: int) -> list[Path]:
-    """The photo bundled with viq, then the real photos of installed packages (first ``limit``)."""
+    """The first ``limit`` of the photos that ship with viq (the cat first)."""
     return _all_photos()[:limit]
 
 
 def training_photos(limit: int) -> list[Path]:
-    """Every available photo that `evaluation_photos` (``limit``) does not evaluate."""
+    """Every shipped photo that `evaluation_photos` (``limit``) does not evaluate."""
     return _all_photos()[limit:]
 
 
 def _all_photos() -> list[Path]:
-    from viq.data.bundled import bundled_photo
-    from viq.data.photos import bundled_photo_paths
+    from viq.data.bundled import bundled_photos
 
-    found, seen = [], set()
-    for path in [bundled_photo()] + list(bundled_photo_paths().values()):
-        if Path(path).stem not in seen:  # the bundled cat is also scikit-image's "chelsea"
-            seen.add(Path(path).stem)
-            found.append(Path(path))
-    return found
+    return bundled_photos()
 
 
 CROP_TURNS = [{"from": "human", "value": "<image>\nDescribe the image."},

@@ -74,6 +74,11 @@ class DemoPlan:
     # do not answer from text in their prompt (viq.presets)
     llm_layers: tuple[int, ...] = (0, 1, 2, 27, 28, 29)
     synth_max_side: int = 384
+    # one seed for everything random: the benchmark's scenes and questions, the VAE's, teacher's
+    # and every stage's initialisation, data order and noise, the decoder's photo crops. The
+    # same recipe lands several points apart from one seed to the next (and from one CPU to
+    # another): `viq demo --seeds N` measures that spread (viq.demo.sweep, docs/demo.md)
+    seed: int = 0
 
 
 QUICK = DemoPlan(synth_n=300, vae_steps=50, teacher_steps=200, steps=(150, 30, 60), photo_crops=12,
@@ -131,7 +136,7 @@ def make_data(out: Path, plan: DemoPlan) -> Path:
     a test index)."""
     from viq.data.synth import SynthConfig, ensure_json_dataset
 
-    cfg = SynthConfig(n=plan.synth_n, seed=0, splits=plan.splits,
+    cfg = SynthConfig(n=plan.synth_n, seed=plan.seed, splits=plan.splits,
                       categories=tuple(plan.categories), max_side=plan.synth_max_side,
                       min_side=min(128, plan.synth_max_side), train_turns=plan.train_turns,
                       max_objects=plan.max_objects)
@@ -149,12 +154,18 @@ def stage_config(name: str, out: Path, data: Path, plan: DemoPlan):
     sets = [f"data.train={data / 'train.json'}", f"data.val={data / 'val.json'}",
             f"vae.source={out / 'vae'}", f"teacher.source={out / 'teacher'}",
             f"run.steps={plan.steps[i]}", f"run.checkpoint_every={max(10, plan.steps[i] // 4)}",
-            f"llm.source={plan.llm}", f"llm.keep_layers={list(plan.llm_layers)}"]
+            f"llm.source={plan.llm}", f"llm.keep_layers={list(plan.llm_layers)}",
+            *seed_sets(plan)]
     if i:
         sets.append(f"stage.init_from={out / STAGES[i - 1]}")
     else:  # the student starts from the teacher, as the paper's from SigLIP2 (design.md A2)
         sets.append(f"stage.encoder_init={out / 'teacher'}")
     return override(cfg, sets)
+
+
+def seed_sets(plan: DemoPlan) -> list[str]:
+    """The plan's seed as a training run's overrides: initialisation and noise, data order."""
+    return [f"run.seed={plan.seed}", f"data.loader.seed={plan.seed}"]
 
 
 def train_stage(name: str, out: Path, data: Path, plan: DemoPlan, progress: bool) -> Path:
@@ -169,12 +180,12 @@ def decoder_config(out: Path, data: Path, plan: DemoPlan):
     from viq.presets import demo_decoder
 
     steps = plan.decoder_steps
-    train_file = write_decoder_data(data, plan.photos, plan.photo_crops)
+    train_file = write_decoder_data(data, plan.photos, plan.photo_crops, seed=plan.seed)
     return override(demo_decoder(), [
         f"data.train={train_file}", f"data.val={data / 'val.json'}",
         f"vae.source={out / 'vae'}", f"teacher.source={out / 'teacher'}",
         f"run.steps={steps}", f"run.checkpoint_every={max(10, steps // 4)}",
-        f"llm.source={plan.llm}", f"stage.init_from={out / 'stage2_2'}"])
+        f"llm.source={plan.llm}", f"stage.init_from={out / 'stage2_2'}", *seed_sets(plan)])
 
 
 def train_decoder(out: Path, data: Path, plan: DemoPlan, progress: bool) -> Path:
@@ -288,11 +299,12 @@ def run_demo(out: str | Path = "viq_demo_out", quick: bool = False, progress: bo
 
     data = timed("data", lambda: make_data(out, plan))
     timed("vae", lambda: train_vae(data, out / "vae", steps=plan.vae_steps, crop=plan.vae_crop,
-                                   channels=plan.vae_channels, progress=progress))
+                                   channels=plan.vae_channels, seed=plan.seed,
+                                   progress=progress))
     timed("teacher", lambda: train_teacher(out / "teacher_data", out / "teacher",
                                            steps=plan.teacher_steps,
                                            encoder=demo_teacher_encoder(), image_size=128,
-                                           progress=progress))
+                                           seed=plan.seed, progress=progress))
     for name in STAGES:
         timed(name, lambda n=name: train_stage(n, out, data, plan, progress))
     timed("decoder", lambda: train_decoder(out, data, plan, progress))

@@ -165,6 +165,36 @@ ABLATION_NOTE = ("Each ViQ group changes one thing against the demo's own stage 
                  "question alone its answer prior.")
 
 
+def spread_section(results: dict) -> list[str]:
+    """How far this run's numbers may be from the recipe's mean: the shipped seed sweep's mean ±
+    sd beside each headline number (`viq.demo.sweep.compare_to_reference`), and the sampling
+    spread of a score on this many questions."""
+    from viq.demo.sweep import compare_to_reference, reference
+
+    n = next(iter(results["understanding"].values()))["overall"]["n"]
+    se = 100 * 2 * (0.25 / n) ** 0.5 if n else 0.0
+    note = (f"A score on n = {n} questions moves by up to about ±{se:.0f} points (two binomial "
+            "standard errors at 50 %) from the questions drawn alone; training moves it more: ")
+    rows = compare_to_reference(results)
+    if not rows:
+        return ["<h3>How far these numbers may be from the recipe's mean</h3>",
+                f"<p class='note'>{html.escape(note)}no seed sweep of this schedule ships with "
+                "viq; `viq demo --seeds 3` measures the spread of every number.</p>"]
+    ref = reference(results.get("plan", {}))
+    outside = [r["number"] for r in rows if not r["within"]]
+    note += (f"the reference sweep below ({len(ref['seeds'])} seeds of this schedule, "
+             f"{ref['cpu']}, {ref['date']}) gives each number's mean ± sd across seeds. This run "
+             + (f"lies outside mean ± 2 sd on {len(outside)} of {len(rows)} numbers: "
+                f"{', '.join(outside)}." if outside else
+                f"lies within mean ± 2 sd on all {len(rows)} numbers."))
+    table = _table([[r["number"], f"{r['this run']:.2f}", f"{r['mean']:.2f} ± {r['sd']:.2f}",
+                     "yes" if r["within"] else "no"] for r in rows],
+                   ["number", "this run", "reference: mean ± sd", "within 2 sd"])
+    return ["<h3>How far these numbers may be from the recipe's mean</h3>",
+            f"<p class='note'>{html.escape(note)}</p>",
+            f"<details><summary>every number against the sweep</summary>{table}</details>"]
+
+
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto;color:#222}
 table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #ccc;padding:4px 10px;
 text-align:right}th{background:#f2f2f2}.l{text-align:left}
@@ -182,6 +212,7 @@ def write_html(results: dict, out: Path) -> Path:
     parts += ["<h2>Understanding (synthetic test split, exact match)</h2>",
               understanding_table(r["understanding"]),
               f"<p class='note'>{html.escape(r.get('understanding_note', ''))}</p>"]
+    parts += spread_section(r)
     fit = r.get("understanding_fit")
     if fit:
         parts += ["<h3>Fit check: the stage-1 model on its own training images</h3>",

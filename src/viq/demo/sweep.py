@@ -1,0 +1,208 @@
+"""``viq demo --seeds N``: the demo's recipe with N seeds, and the spread of every headline number.
+
+One seeded run is not a result: the same recipe lands several points apart from one seed to the
+next (and from one CPU's kernels to another's). A sweep runs the whole demo once per seed, each in
+its own folder (``D/seed_0``, ``D/seed_1``, …; every step resumable, as ``viq demo``), then
+writes ``D/sweep.json`` and ``D/sweep.md``: per headline number its mean ± standard deviation
+(sample sd, n − 1), its minimum and maximum and each seed's value, and the demo's targets checked
+on them (`targets`).
+
+The seed (`DemoPlan.seed`) moves everything random at once: the benchmark's scenes and
+questions, the VAE's, teacher's and every stage's initialisation and noise, the data order and the
+decoder's photo crops.
+
+``viq/demo/reference.json`` is a sweep's summary as measured for the README (its CPU and date
+inside): a single run's report reads each of its numbers against that mean ± 2 sd
+(`compare_to_reference`), beside the binomial spread of a score on n questions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import statistics
+import time
+from pathlib import Path
+
+REFERENCE = Path(__file__).with_name("reference.json")
+QUANT, CONT = "quantized (stage 2-2, stored codes)", "continuous (stage 1)"
+BLINDS = {CONT: ("stage 1, blind: another sample's image", "stage 1, blind: no image"),
+          QUANT: ("stage 2-2, blind: another sample's image", "stage 2-2, blind: no image")}
+
+
+def two_se(a: float, b: float, n: int) -> float:
+    """Two standard errors of the difference of two accuracies on ``n`` questions each
+    (binomial, as if independent: the same questions make the true error smaller)."""
+    return 2.0 * math.sqrt((a * (1 - a) + b * (1 - b)) / n) if n > 0 else 0.0
+
+
+def headline(results: dict) -> dict[str, float]:
+    """The numbers a demo run is judged by, flat (name → value), from its ``results.json``:
+    accuracy overall and per category of every condition (in %), the quantized / continuous
+    ratio, each model's gain over the better of its blind baselines and two standard errors of
+    that gain (overall and per category), reconstruction PSNR / SSIM, code usage, storage."""
+    u, row = results["understanding"], {}
+    for name, r in u.items():
+        row[f"{name}: overall"] = 100 * r["overall"]["accuracy"]
+        for cat, c in sorted(r["per_category"].items()):
+            row[f"{name}: {cat}"] = 100 * c["accuracy"]
+    if u[CONT]["overall"]["accuracy"]:
+        row["quantized ÷ continuous (%)"] = (100 * u[QUANT]["overall"]["accuracy"]
+                                             / u[CONT]["overall"]["accuracy"])
+    def acc(name: str, part: str) -> tuple[float, int]:
+        r = u[name]["overall"] if part == "overall" else u[name]["per_category"][part]
+        return r["accuracy"], r["n"]
+
+    for model, short in ((CONT, "continuous"), (QUANT, "quantized")):
+        for part in ["overall"] + sorted(u[model]["per_category"]):
+            (a, n), blind = acc(model, part), max(acc(b, part)[0] for b in BLINDS[model])
+            row[f"{short} − best blind, {part} (points)"] = 100 * (a - blind)
+            row[f"{short}: two SE of that gain, {part} (points)"] = 100 * two_se(a, blind, n)
+    for label, r in results.get("reconstruction", {}).items():
+        row[f"code decoder PSNR, {label} (dB)"] = r["psnr"]
+        row[f"code decoder SSIM, {label}"] = r["ssim"]
+        if "latent_head_psnr" in r:
+            row[f"latent head PSNR, {label} (dB)"] = r["latent_head_psnr"]
+    c = results.get("codes", {})
+    if c:
+        row["distinct codes (test split)"] = c["distinct"]
+        row["code perplexity"] = c["perplexity"]
+    packed = results.get("storage", {}).get("entropy-packed")
+    if packed:
+        row["entropy-packed bits per code"] = packed["bits_per_code"]
+    if "total" in results.get("timings", {}):
+        row["time (s)"] = results["timings"]["total"]
+    return row
+
+
+def summarize(rows: list[dict[str, float]]) -> dict[str, dict]:
+    """Per number present in every row: mean, sd (n − 1; 0 for one row), min, max, values."""
+    keys = [k for k in rows[0] if all(k in r for r in rows)]
+    out = {}
+    for k in keys:
+        vals = [float(r[k]) for r in rows]
+        out[k] = {"mean": statistics.fmean(vals),
+                  "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                  "min": min(vals), "max": max(vals), "values": vals}
+    return out
+
+
+def targets(rows: list[dict[str, float]]) -> list[dict]:
+    """The demo's understanding targets over a sweep's rows, each with its value and whether it
+    holds: the quantized model keeps ≥ 90 % of the continuous accuracy in the mean and ≥ 85 %
+    in the worst seed; each model beats its better blind baseline by more than two standard
+    errors in every seed; the quantized model reads the detail questions (its gain over its
+    better blind baseline on them exceeds two standard errors, in the mean)."""
+    def col(k: str) -> list[float]:
+        return [r[k] for r in rows if k in r]
+
+    ratio = col("quantized ÷ continuous (%)")
+    checks = [("quantized ÷ continuous, mean ≥ 90 %", statistics.fmean(ratio) if ratio else 0.0,
+               bool(ratio) and statistics.fmean(ratio) >= 90),
+              ("quantized ÷ continuous, worst seed ≥ 85 %", min(ratio, default=0.0),
+               bool(ratio) and min(ratio) >= 85)]
+    for short in ("continuous", "quantized"):
+        gain = col(f"{short} − best blind, overall (points)")
+        se = col(f"{short}: two SE of that gain, overall (points)")
+        worst = min((g - s for g, s in zip(gain, se, strict=True)), default=0.0)
+        checks.append((f"{short} above its blind baselines by > 2 SE in every seed "
+                       "(worst gain − 2 SE, points)", worst, bool(gain) and worst > 0))
+    gain = col("quantized − best blind, detail (points)")
+    se = col("quantized: two SE of that gain, detail (points)")
+    if gain:
+        mean = statistics.fmean(gain) - statistics.fmean(se)
+        checks.append(("quantized reads the detail questions: mean gain − 2 SE (points)", mean,
+                       mean > 0))
+    return [{"target": t, "value": v, "holds": h} for t, v, h in checks]
+
+
+def cpu_name() -> str:
+    """This machine's CPU model and core count, for the tables' captions."""
+    import os
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name}, {cores} cores"
+
+
+def run_sweep(out: str | Path, seeds: list[int], quick: bool = False, progress: bool = True,
+              plan=None) -> dict:
+    """The demo once per seed into ``out/seed_<s>`` (resumable), then ``out/sweep.json`` and
+    ``out/sweep.md``; returns the sweep's summary. ``plan`` replaces the default / quick plan
+    (its seed is replaced by each of ``seeds``)."""
+    from viq.demo.pipeline import QUICK, DemoPlan, run_demo
+
+    out = Path(out)
+    base = plan or (QUICK if quick else DemoPlan())
+    rows, runs = [], []
+    for seed in seeds:
+        if progress:
+            print(f"=== seed {seed} ({out / f'seed_{seed}'})", flush=True)
+        results = run_demo(out / f"seed_{seed}", quick=quick, progress=progress,
+                           plan=dataclasses.replace(base, seed=seed))
+        rows.append(headline(results))
+        runs.append(f"seed_{seed}")
+    plan_dict = dataclasses.asdict(base) | {"quick": quick}
+    plan_dict.pop("seed")
+    sweep = {"seeds": list(seeds), "runs": runs, "plan": plan_dict, "cpu": cpu_name(),
+             "date": time.strftime("%Y-%m-%d"), "summary": summarize(rows),
+             "targets": targets(rows)}
+    (out / "sweep.json").write_text(json.dumps(sweep, indent=1) + "\n")
+    (out / "sweep.md").write_text(to_markdown(sweep) + "\n")
+    return sweep
+
+
+def _fmt(k: str, v: float) -> str:
+    if k.startswith(("distinct", "time")):
+        return f"{v:,.0f}"
+    return f"{v:.3f}" if "SSIM" in k else f"{v:.1f}"
+
+
+def to_markdown(sweep: dict) -> str:
+    """The sweep's table (mean ± sd, min–max, per seed) and its targets."""
+    s = sweep["summary"]
+    seeds = ", ".join(str(x) for x in sweep["seeds"])
+    lines = [f"{len(sweep['seeds'])} seeds ({seeds}) on {sweep['cpu']}, {sweep['date']}",
+             "", "| number | mean ± sd | min – max | per seed |", "|---|---|---|---|"]
+    for k, v in s.items():
+        lines.append(f"| {k} | {_fmt(k, v['mean'])} ± {_fmt(k, v['sd'])} | {_fmt(k, v['min'])}"
+                     f" – {_fmt(k, v['max'])} | {' / '.join(_fmt(k, x) for x in v['values'])} |")
+    lines += ["", "| target | value | holds |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['value']:.1f} | {'yes' if t['holds'] else 'no'} |"
+              for t in sweep["targets"]]
+    return "\n".join(lines)
+
+
+def reference(plan: dict) -> dict | None:
+    """The shipped sweep summary (``reference.json``) when it was measured with ``plan``'s
+    schedule (every field but the seed), else None."""
+    if not REFERENCE.is_file():
+        return None
+    ref = json.loads(REFERENCE.read_text())
+    want = {k: v for k, v in json.loads(json.dumps(plan)).items() if k != "seed"}
+    have = ref.get("plan", {})
+    return ref if all(have.get(k) == v for k, v in want.items() if k in have) else None
+
+
+def compare_to_reference(results: dict) -> list[dict]:
+    """Each headline number of one run beside the reference sweep's mean ± sd: ``within``
+    says whether it lies within mean ± 2 sd. Empty when no reference matches the run's plan."""
+    ref = reference(results.get("plan", {}))
+    if ref is None:
+        return []
+    mine, out = headline(results), []
+    for k, v in ref["summary"].items():
+        if k in mine and k != "time (s)":
+            lo, hi = v["mean"] - 2 * v["sd"], v["mean"] + 2 * v["sd"]
+            out.append({"number": k, "this run": mine[k], "mean": v["mean"], "sd": v["sd"],
+                        "within": lo - 1e-9 <= mine[k] <= hi + 1e-9})
+    return out
