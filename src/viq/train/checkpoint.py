@@ -204,16 +204,23 @@ class Checkpointer:
         checkpoint of ``module``, ``optimizer`` and ``info`` is saved."""
         from tqdm import tqdm
 
+        from viq.train.threads import ThreadGovernor
+
+        threads = ThreadGovernor()  # free cores only, beside a busy neighbour
         t0 = time.perf_counter() - info["seconds"]
         with tqdm(total=steps, initial=info["step"], desc=desc, unit="step",
                   disable=not progress) as bar:
-            for step in range(info["step"], steps):
-                yield step, step_generator(seed, step)
-                info["step"], info["seconds"] = step + 1, time.perf_counter() - t0
-                bar.update()
-                bar.set_postfix(loss=info["loss"][-1])
-                if info["step"] % every == 0 or info["step"] == steps:
-                    self.save(info["step"], module, optimizer, info)
+            try:
+                for step in range(info["step"], steps):
+                    threads.poll()
+                    yield step, step_generator(seed, step)
+                    info["step"], info["seconds"] = step + 1, time.perf_counter() - t0
+                    bar.update()
+                    bar.set_postfix(loss=info["loss"][-1])
+                    if info["step"] % every == 0 or info["step"] == steps:
+                        self.save(info["step"], module, optimizer, info)
+            finally:
+                threads.restore()
 
     def _staging(self, step: int, tag: str) -> tuple[Path, Path]:
         """(the folder of ``step``, its temporary); the main rank clears stale temporaries and

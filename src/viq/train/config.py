@@ -87,6 +87,9 @@ class RunConfig:
     # L_recon alone on a frozen tokenizer (the code decoder): keep each image's codes and VAE
     # target in this many MB of CPU memory and reuse them (viq.train.frozen_cache); 0 = off
     frozen_cache_mb: int = 1024
+    # CPU threads of torch's kernels: 0 = as many as there are free cores, re-measured every few
+    # seconds, so a busy neighbour costs its share, not a stall (viq.train.threads); N = N fixed
+    threads: int = 0
 
     def __post_init__(self) -> None:
         check(self.steps >= 1, "run.steps", f"must be >= 1, got {self.steps}")
@@ -98,6 +101,8 @@ class RunConfig:
                "must be >= 0")
         check(self.max_nonfinite >= 1, "run.max_nonfinite", "must be >= 1")
         check(self.frozen_cache_mb >= 0, "run.frozen_cache_mb", "must be >= 0 (0 = off)")
+        check(0 <= self.threads <= 4096, "run.threads",
+              f"must be 0 (free cores, re-measured) or a thread count, got {self.threads}")
         check(self.dist in ("none", "ddp", "fsdp2"), "run.dist",
                f"must be none, ddp or fsdp2, got {self.dist!r}")
         check(self.dtype in ("fp32", "bf16"), "run.dtype", "must be fp32 or bf16")

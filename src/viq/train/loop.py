@@ -38,6 +38,7 @@ from viq.train.metrics import MetricsWriter
 from viq.train.objective import LossOutput, Objective, build_objective
 from viq.train.sharded import Sharded
 from viq.train.stages import param_groups, select_trainable, trainable_table
+from viq.train.threads import governor_for
 
 
 def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
@@ -95,6 +96,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         dist.barrier(self.info)
         torch.manual_seed(cfg.run.seed)
+        self.threads = governor_for(cfg.run.threads)
         self.obj: Objective = build_objective(cfg, self.device)
         self.obj.train()
         trainable = select_trainable(self.obj, cfg.stage)
@@ -347,7 +349,9 @@ class Trainer:
         stopped = False
         try:
             while self.step < cfg.run.steps:
+                self.threads.poll()
                 record = self.train_step()
+                record["threads"] = torch.get_num_threads()
                 self.step += 1
                 last = record
                 if self.step % cfg.run.log_every == 0 or self.step == cfg.run.steps:
@@ -374,6 +378,7 @@ class Trainer:
                 if cfg.run.export:
                     self.export()
         finally:
+            self.threads.restore()
             for s, h in handlers.items():
                 signal.signal(s, h)
             if bar is not None:
