@@ -92,3 +92,40 @@ def test_a_finished_run_is_reused_only_with_its_own_recipe(tmp_path):
                        r"now\); delete it"):
         train_or_reuse(changed, run, False, "rerun")
     assert not (run / "config.json").exists()  # nothing was trained or written
+
+
+def _seed_rows(ref: float, fsq: float) -> list[dict]:
+    from viq.demo.ablate import GROUPS, REFERENCE
+
+    rows = [{"group": "quantizer path", "variant": "direct FSQ", "paper": None,
+             "accuracy": fsq, "perplexity": 30.0},
+            {"group": "quantizer path", "variant": "BN + L2 → FSQ", "paper": 67.9,
+             "accuracy": ref - 0.001, "psnr": 18.0, "perplexity": 40.0}]
+    rows += [{"group": g, "variant": f"{n} (the demo's stage 2-2)", "paper": 68.7,
+              "accuracy": ref, "psnr": 19.0, "perplexity": 45.0}
+             for g, n in zip(GROUPS, REFERENCE, strict=True)]
+    return rows
+
+
+def test_rows_over_seeds_give_mean_sd_and_a_direction_only_beyond_noise():
+    import pytest
+
+    from viq.demo.ablate import directions, summarize_rows, sweep_markdown
+
+    per_seed = [_seed_rows(0.50, 0.56), _seed_rows(0.45, 0.52), _seed_rows(0.52, 0.57)]
+    rows = {r["variant"]: r for r in summarize_rows(per_seed)}
+    fsq = rows["direct FSQ"]["accuracy"]
+    assert fsq["values"] == pytest.approx([56.0, 52.0, 57.0])
+    assert fsq["mean"] == pytest.approx(55.0) and fsq["sd"] == pytest.approx(2.6458, abs=1e-3)
+    assert "psnr" not in rows["direct FSQ"] and rows["BN + L2 → FSQ"]["psnr"]["sd"] == 0
+    text = directions(per_seed)[0]
+    # FSQ − reference: +6, +7, +5 points: above beyond noise; L2: −0.1 each seed (sd 0)
+    assert "direct FSQ +6.0 ± 0.6 points" in text and "above BN + L∞ → FSQ beyond noise" in text
+    mixed = [_seed_rows(0.50, 0.56), _seed_rows(0.50, 0.44), _seed_rows(0.50, 0.52)]
+    assert "direct FSQ +0.7" in directions(mixed)[0]
+    assert "not distinguishable" in directions(mixed)[0].split(";")[0]
+    md = sweep_markdown({"seeds": [0, 1, 2], "rows": summarize_rows(per_seed),
+                         "directions": directions(per_seed)})
+    assert ("| quantizer path | direct FSQ | 55.0 ± 2.6 | 56.0 / 52.0 / 57.0 | – | 30 ± 0 | – |"
+            in md)
+    assert md.count("\n- ") == 3

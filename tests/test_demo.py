@@ -118,3 +118,24 @@ def test_demo_data_holds_the_plans_categories_and_the_teacher_never_a_test_index
            for s in ("train", "test")}
     test_ids = {r["id"] for r in json.loads((data / "test.json").read_text())}
     assert test_ids == ids["test"] and not test_ids & ids["train"]
+
+
+@pytest.mark.slow
+def test_a_seed_sweep_and_its_ablation_over_the_seeds(tmp_path):
+    from viq.demo.ablate import ablate_sweep
+    from viq.demo.sweep import run_sweep
+
+    sweep = run_sweep(tmp_path, [0, 1], plan=TINY, progress=False)
+    assert (tmp_path / "sweep.md").is_file() and json.loads((tmp_path / "sweep.json").read_text())
+    assert [json.loads((tmp_path / f"seed_{s}" / "plan.json").read_text())["seed"]
+            for s in (0, 1)] == [0, 1]
+    tests = [(tmp_path / f"seed_{s}" / "data" / "test.json").read_text() for s in (0, 1)]
+    assert tests[0] != tests[1]  # the seed moves the benchmark too
+    acc = sweep["summary"]["continuous (stage 1): overall"]
+    assert len(acc["values"]) == 2 and acc["min"] <= acc["mean"] <= acc["max"]
+    assert [t["target"][:10] for t in sweep["targets"]][:2] == ["quantized "] * 2
+    result = ablate_sweep(tmp_path, plan=TINY, progress=False, captions=False)
+    assert result["seeds"] == [0, 1] and len(result["rows"]) == 9
+    assert all(len(r["accuracy"]["values"]) == 2 for r in result["rows"])
+    assert len(result["directions"]) == 3
+    assert (tmp_path / "seed_1" / "ablation.md").is_file()

@@ -119,3 +119,15 @@ def test_a_run_is_read_against_the_reference_sweep_of_its_plan(tmp_path, monkeyp
     assert "outside mean ± 2 sd on 1 of" in html and "ref CPU" in html
     other = one | {"plan": {"synth_n": 300, "quick": True, "seed": 0}}
     assert compare_to_reference(other) == []  # another schedule's sweep says nothing
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--seeds", "1"], "give 2 to 100 seeds"),
+    (["--seeds", "3", "--seed", "2"], "--seed and --seeds"),
+    (["--seed", "-1"], "--seed -1"),
+])
+def test_demo_seed_flags_are_checked_before_any_work(tmp_path, argv, needle, capsys):
+    from viq.cli.demo import main
+
+    assert main([*argv, "--out", str(tmp_path / "d")]) == 2
+    assert needle in capsys.readouterr().err and not (tmp_path / "d").exists()

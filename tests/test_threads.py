@@ -82,3 +82,32 @@ def test_fixed_threads_and_the_count_in_the_metrics(tmp_path):
     assert torch.get_num_threads() == before  # the run gives the count back
     with pytest.raises(ValueError, match="run.threads"):
         override(get_run("tiny_stage1"), ["run.threads=-1"])
+
+
+@pytest.mark.slow
+def test_bench_neighbour_runs_the_four_conditions(capsys):
+    import json
+
+    from viq.cli.bench import main
+
+    assert main(["neighbour", "--preset", "tiny_stage1", "--steps", "3", "--warmup", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = result["rows"]
+    assert [(r["place"], r["threads_rule"]) for r in rows] == [
+        ("quiet", "fixed"), ("quiet", "free cores"), ("neighbour", "fixed"),
+        ("neighbour", "free cores")]
+    fixed = str(result["fixed_threads"])
+    assert rows[0]["threads"] == {fixed: 2} and rows[2]["threads"] == {fixed: 2}
+    assert all(r["tokens_per_s"] > 0 and r["steps"] == 2 for r in rows)
+    assert rows[0]["slowdown"] == 1.0
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--steps", "0"], "--steps must be"), (["--steps", "5", "--warmup", "5"], "--warmup"),
+    (["--preset", "no_such_run"], "unknown"),
+])
+def test_bench_neighbour_refuses_bad_flags(argv, needle, capsys):
+    from viq.cli.bench import main
+
+    assert main(["neighbour", *argv]) == 2
+    assert needle in capsys.readouterr().err

@@ -32,6 +32,9 @@ BENCHES: dict[str, tuple[str, str]] = {
                 "loading processes, images/s, time per stage, model busy share"),
     "train": ("viq.cli.bench:train_main",
               "training step split by component (tiny, demo), fp32 vs bf16, activation ckpt"),
+    "neighbour": ("viq.cli.bench:neighbour_main",
+                  "training beside a CPU-bound neighbour: fixed threads (before) vs threads "
+                  "that follow the free cores (after), tokens/s and slowdown"),
 }
 
 
@@ -391,5 +394,40 @@ def train_main(argv: list[str]) -> int:
     for size, res in result["sizes"].items():
         print(f"  {size}: {res['images']} images, {res['patches']} patches, {res['tokens']} "
               f"LLM tokens, LLM {res['llm']}")
+    print(json.dumps(result))
+    return 0
+
+
+def neighbour_main(argv: list[str]) -> int:
+    from viq.bench import neighbour as bench
+
+    p = argparse.ArgumentParser(prog="viq bench neighbour", description=bench.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="demo_stage1",
+                   help="the training run (viq train --preset; default demo_stage1, the demo's "
+                        "stage 1 with SmolLM2 on generated data)")
+    p.add_argument("--steps", type=int, default=40, help="steps per run (default 40)")
+    p.add_argument("--warmup", type=int, default=10,
+                   help="first steps left out of the median (default 10)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every run (repeatable)")
+    args = p.parse_args(argv)
+    if not 1 <= args.steps <= 100_000 or not 0 <= args.warmup < args.steps:
+        p.error("--steps must be 1..100000 and --warmup 0..steps-1")
+    from viq.presets import RUNS
+
+    if args.preset not in RUNS:
+        p.error(f"--preset {args.preset}: unknown; one of {', '.join(sorted(RUNS))}")
+    print(f"viq bench neighbour: {args.preset}, {args.steps} steps (median after "
+          f"{args.warmup}), {bench.cores()} cores", flush=True)
+    result = bench.run(args.preset, args.steps, args.warmup, args.set)
+    fair = result["fair_slowdown"]
+    print(f"{'where':<10} {'threads':<11} {'tokens/s':>9} {'slowdown':>9}  threads used (steps)")
+    for r in result["rows"]:
+        print(f"{r['place']:<10} {r['threads_rule']:<11} {r['tokens_per_s']:>9.1f} "
+              f"{r['slowdown']:>8.2f}×  {r['threads']}")
+    if fair:
+        print(f"a neighbour on one of {result['cores']} cores costs a fair share at "
+              f"{fair:.2f}× (if speed scaled with cores)")
     print(json.dumps(result))
     return 0

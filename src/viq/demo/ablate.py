@@ -28,6 +28,7 @@ all); the caption group two stage-1-length LLM runs, the one with all layers ~4.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -94,10 +95,11 @@ GROUPS = ("quantizer path", "position", "losses")
 
 
 def ablate(demo: str | Path, quick: bool = False, progress: bool = True,
-           plan=None) -> list[dict]:
+           plan=None, captions: bool = True) -> list[dict]:
     """Every row of the study (see the module docstring); ``plan`` replaces the demo's default /
-    quick schedule (it must be the one the demo ran with)."""
-    from viq.demo.pipeline import QUICK, DemoPlan, check_plan
+    quick schedule (it must be the one the demo ran with; the seed is the folder's own).
+    ``captions=False`` leaves out the caption group (the costliest: two stage-1-length runs)."""
+    from viq.demo.pipeline import QUICK, DemoPlan, check_plan, recorded_seed
     from viq.demo.text_oracle import caption_oracle
 
     demo = Path(demo)
@@ -105,7 +107,7 @@ def ablate(demo: str | Path, quick: bool = False, progress: bool = True,
         if not (demo / need).exists():
             raise FileNotFoundError(f"{demo / need} is missing: run `viq demo --out {demo}` "
                                     "first (the ablation reuses its pieces)")
-    plan = plan or (QUICK if quick else DemoPlan())
+    plan = plan or dataclasses.replace(QUICK if quick else DemoPlan(), seed=recorded_seed(demo))
     check_plan(demo, plan)  # the demo's own schedule, or a plain error
     rows = []
     ref = _score(demo / "stage2_2", demo / "data", plan, progress)
@@ -117,7 +119,112 @@ def ablate(demo: str | Path, quick: bool = False, progress: bool = True,
         rows.append({"group": group, "variant": name + " (the demo's stage 2-2)",
                      "paper": PAPER[name], **ref})
     rows.sort(key=lambda r: GROUPS.index(r["group"]))
-    return rows + caption_oracle(demo, plan, progress)
+    return rows + (caption_oracle(demo, plan, progress) if captions else [])
+
+
+def seed_folders(folder: str | Path) -> list[Path]:
+    """The per-seed demo folders of a ``viq demo --seeds`` folder (``seed_<s>``, by seed)."""
+    found = [p for p in Path(folder).glob("seed_*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def ablate_sweep(folder: str | Path, quick: bool = False, progress: bool = True, plan=None,
+                 captions: bool = True) -> dict:
+    """`ablate` on every seed of a ``viq demo --seeds`` folder (each seed's rows also in its own
+    folder's ``ablation.md`` / ``.json`` / report), then per row the mean ± sd over the seeds
+    and, per group, which direction holds beyond noise (`directions`)."""
+    runs = seed_folders(folder)
+    if len(runs) < 2:
+        raise FileNotFoundError(f"{folder} holds {len(runs)} seed folder(s) (seed_<s>); run "
+                                f"`viq demo --seeds 3 --out {folder}` first")
+    per_seed = []
+    for run in runs:
+        if progress:
+            print(f"=== {run.name}", flush=True)
+        rows = ablate(run, quick, progress, plan=plan and dataclasses.replace(
+            plan, seed=int(run.name[5:])), captions=captions)
+        write_rows(run, rows)
+        per_seed.append(rows)
+    return {"seeds": [int(r.name[5:]) for r in runs], "rows": summarize_rows(per_seed),
+            "directions": directions(per_seed)}
+
+
+def write_rows(demo: Path, rows: list[dict]) -> Path | None:
+    """``demo/ablation.md`` and ``demo/ablation.json``; the report's section when it has one."""
+    (demo / "ablation.md").write_text(to_markdown(rows) + "\n")
+    (demo / "ablation.json").write_text(json.dumps(rows, indent=1))
+    return add_to_report(demo, rows)
+
+
+_MEASURES = (("accuracy", 100.0), ("psnr", 1.0), ("perplexity", 1.0))
+
+
+def summarize_rows(per_seed: list[list[dict]]) -> list[dict]:
+    """One row per (group, variant) found in every seed: mean and sd (n − 1) of accuracy (in %),
+    PSNR and code perplexity over the seeds, and each seed's accuracy."""
+    import statistics
+
+    keyed = [{(r["group"], r["variant"]): r for r in rows} for rows in per_seed]
+    out = []
+    for key, first in keyed[0].items():
+        if not all(key in k for k in keyed):
+            continue
+        row = {"group": key[0], "variant": key[1], "paper": first.get("paper"),
+               "seeds": len(keyed)}
+        for name, scale in _MEASURES:
+            vals = [scale * k[key][name] for k in keyed if name in k[key]]
+            if len(vals) == len(keyed):
+                row[name] = {"mean": statistics.fmean(vals), "sd": statistics.stdev(vals),
+                             "values": vals}
+        out.append(row)
+    return out
+
+
+def directions(per_seed: list[list[dict]]) -> list[str]:
+    """A sentence per ViQ group: each variant's accuracy against the group's reference row (the
+    demo's own stage 2-2), paired by seed; a direction holds beyond noise when the mean
+    difference exceeds two standard errors of it (sd of the paired differences / √n) and has
+    the same sign in every seed."""
+    import statistics
+
+    out = []
+    for group, ref_name in zip(GROUPS, REFERENCE, strict=True):
+        ref = ref_name + " (the demo's stage 2-2)"
+        parts = []
+        names = [r["variant"] for r in per_seed[0] if r["group"] == group
+                 and r["variant"] != ref]
+        for name in names:
+            diffs = []
+            for rows in per_seed:
+                by = {r["variant"]: r["accuracy"] for r in rows if r["group"] == group}
+                diffs.append(100 * (by[name] - by[ref]))
+            mean = statistics.fmean(diffs)
+            se = statistics.stdev(diffs) / len(diffs) ** 0.5
+            same_sign = all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
+            beyond = same_sign and abs(mean) > 2 * se
+            verdict = (f"{'above' if mean > 0 else 'below'} {ref_name} beyond noise"
+                       if beyond else f"not distinguishable from {ref_name}")
+            parts.append(f"{name} {mean:+.1f} ± {se:.1f} points (per seed "
+                         f"{', '.join(f'{d:+.1f}' for d in diffs)}): {verdict}")
+        out.append(f"{group}: " + "; ".join(parts) + ".")
+    return out
+
+
+def sweep_markdown(result: dict) -> str:
+    """`ablate_sweep`'s table (mean ± sd over the seeds) and its sentences."""
+    def cell(row: dict, name: str, fmt: str) -> str:
+        v = row.get(name)
+        return "–" if v is None else f"{v['mean']:{fmt}} ± {v['sd']:{fmt}}"
+
+    lines = [f"seeds {', '.join(map(str, result['seeds']))}", "",
+             "| group | variant | accuracy % (mean ± sd) | per seed | PSNR dB | code perplexity "
+             "| paper avg |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        per = " / ".join(f"{v:.1f}" for v in r["accuracy"]["values"])
+        paper = "–" if r.get("paper") is None else f"{r['paper']:.1f}"
+        lines.append(f"| {r['group']} | {r['variant']} | {cell(r, 'accuracy', '.1f')} | {per} | "
+                     f"{cell(r, 'psnr', '.2f')} | {cell(r, 'perplexity', '.0f')} | {paper} |")
+    return "\n".join(lines + [""] + [f"- {d}" for d in result["directions"]])
 
 
 def to_markdown(rows: list[dict]) -> str:

@@ -119,6 +119,12 @@ def check_plan(out: Path, plan: DemoPlan) -> None:
                                "started with (--quick or not) or another folder")
 
 
+def recorded_seed(out: Path) -> int:
+    """The seed a demo folder was made with (``plan.json``; 0 for folders from before seeds)."""
+    path = Path(out) / PLAN_FILE
+    return int(json.loads(path.read_text()).get("seed", 0)) if path.is_file() else 0
+
+
 def _describe(diff: list[str], have: dict, want: dict) -> str:
     """The first three differing fields, "key: old there, new now", and how many more."""
     shown = "; ".join(f"{k}: {have[k]} there, {want.get(k)} now" for k in diff[:3])

@@ -171,6 +171,8 @@ def spread_section(results: dict) -> list[str]:
     spread of a score on this many questions."""
     from viq.demo.sweep import compare_to_reference, reference
 
+    if not results.get("understanding"):
+        return []
     n = next(iter(results["understanding"].values()))["overall"]["n"]
     se = 100 * 2 * (0.25 / n) ** 0.5 if n else 0.0
     note = (f"A score on n = {n} questions moves by up to about ±{se:.0f} points (two binomial "

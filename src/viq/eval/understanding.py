@@ -36,6 +36,7 @@ from viq.train.checkpoint import list_checkpoints, load_weights
 from viq.train.config import TrainConfig
 from viq.train.objective import Objective
 from viq.train.stages import LossWeights, select_trainable
+from viq.train.threads import free_cores
 
 Mode = Literal["images", "codes", "shuffled", "blind"]
 
@@ -119,26 +120,28 @@ def predict(obj: Objective, samples: Sequence[Sample], mode: Mode = "images", *,
 
         it = tqdm(it, desc=f"answers ({mode})", unit="batch")
     p = cfg.model.encoder.patch_size
-    for start in it:
-        chunk = samples[start:start + batch]
-        imgs = [im for ims in all_images[start:start + batch] for im in ims]
-        if mode == "codes":
-            if codes is None:
-                raise ValueError("predict(mode='codes') needs the stored codes")
-            stored = [c for s in chunk for c in codes[s.key]]
-            feats = obj.model.embed(stored) if stored else None
-            grids = [c.grid for c in stored]
-        else:
-            feats = _features(obj, imgs) if imgs and mode != "blind" else None
-            grids = [(-(-im.shape[1] // p), -(-im.shape[2] // p)) for im in imgs]
-        prompts, at = [], 0
-        for s in chunk:
-            n = len(s.images)
-            prompts.append(tokenize_prompt(tok, _question(s), grids[at:at + n],
-                                           system=cfg.data.loader.system_prompt, key=s.key))
-            at += n
-        answers = obj.text.generate(feats, prompts, max_new_tokens, blind=mode == "blind")
-        out.update({s.key: a.strip() for s, a in zip(chunk, answers, strict=True)})
+    with free_cores() as threads:  # a busy neighbour costs its share (viq.train.threads)
+        for start in it:
+            threads.poll()
+            chunk = samples[start:start + batch]
+            imgs = [im for ims in all_images[start:start + batch] for im in ims]
+            if mode == "codes":
+                if codes is None:
+                    raise ValueError("predict(mode='codes') needs the stored codes")
+                stored = [c for s in chunk for c in codes[s.key]]
+                feats = obj.model.embed(stored) if stored else None
+                grids = [c.grid for c in stored]
+            else:
+                feats = _features(obj, imgs) if imgs and mode != "blind" else None
+                grids = [(-(-im.shape[1] // p), -(-im.shape[2] // p)) for im in imgs]
+            prompts, at = [], 0
+            for s in chunk:
+                n = len(s.images)
+                prompts.append(tokenize_prompt(tok, _question(s), grids[at:at + n],
+                                               system=cfg.data.loader.system_prompt, key=s.key))
+                at += n
+            answers = obj.text.generate(feats, prompts, max_new_tokens, blind=mode == "blind")
+            out.update({s.key: a.strip() for s, a in zip(chunk, answers, strict=True)})
     return out
 
 

@@ -11,14 +11,17 @@ kept busy (the cores' busy time from ``/proc/stat`` minus this process's own CPU
 torch's thread count to the cores left free: all of them on a quiet machine, one fewer per busy
 neighbour, back up when the neighbour stops. Training (`viq.train.loop`, ``run.threads = 0``,
 the default) and the demo's small trainers (`viq.train.checkpoint.Checkpointer.steps`) poll it
-once a step. A fixed ``run.threads = N`` keeps N threads throughout. Where ``/proc/stat`` does
-not exist (not Linux) the thread count is left alone. Decisions: docs/design.md C39.
+once a step, answering questions (`viq.eval.understanding.predict`) once a batch. A fixed
+``run.threads = N`` keeps N threads throughout. Where ``/proc/stat`` does not exist (not Linux)
+the thread count is left alone. Decisions: docs/design.md C39.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -104,3 +107,14 @@ def governor_for(threads: int) -> ThreadGovernor:
     """``run.threads``: 0 → a `ThreadGovernor` that follows the free cores (up to torch's
     count); N → one that keeps N threads. Either gives the count back on ``restore()``."""
     return ThreadGovernor(limit=threads, adapt=False) if threads > 0 else ThreadGovernor()
+
+
+@contextlib.contextmanager
+def free_cores() -> Iterator[ThreadGovernor]:
+    """A `ThreadGovernor` for the ``with`` block (``poll()`` it once per unit of work); the
+    thread count is given back at its end."""
+    threads = ThreadGovernor()
+    try:
+        yield threads
+    finally:
+        threads.restore()
