@@ -9,12 +9,12 @@ from viq.cli.main import main as viq_main
 
 FLAGS = {
     "try": "--dtype --image --out --preset --seed --set --size --weights",
-    "demo": "--out --quick --quiet",
+    "demo": "--out --quick --quiet --seed --seeds",
     "train": "--config --dry-run --out-dir --preset --quiet --resume --set --tokens --world",
     "eval": "--codes --compare --fid --limit --lmms-task --mode --out --quiet --recon --run "
             "--size --split --weights",
     "push": "--dry-run --private --revision",
-    "ablate": "--demo --quick --quiet",
+    "ablate": "--demo --quick --quiet --skip-captions",
     "extract": "--bad-samples --center-crop --checkpoint --compile --device --dtype --image-root "
                "--max-tokens --num-shards --out --packed --preset --quiet --random-init --resize "
                "--seed --set --shard-index --size --weights --workers",
@@ -31,6 +31,7 @@ FLAGS = {
                      "--weights --workers",
     "bench head": "--device --image-size --quick --repeats --threads",
     "bench encode": "--device --dtype --images --paper --quick --repeats",
+    "bench neighbour": "--preset --set --steps --warmup",
     "bench data": "--max-tokens --resize --samples --seed --source --workers",
     "bench load": "--child --depth --dir --dtype --file --methods --size --width",
     "data synth": "--categories --format --image-format --jpeg-quality --max-aspect --max-objects "

@@ -123,7 +123,7 @@ def test_demo_data_holds_the_plans_categories_and_the_teacher_never_a_test_index
 @pytest.mark.slow
 def test_a_seed_sweep_and_its_ablation_over_the_seeds(tmp_path):
     from viq.demo.ablate import ablate_sweep
-    from viq.demo.sweep import run_sweep
+    from viq.demo.pipeline import run_sweep
 
     sweep = run_sweep(tmp_path, [0, 1], plan=TINY, progress=False)
     assert (tmp_path / "sweep.md").is_file() and json.loads((tmp_path / "sweep.json").read_text())

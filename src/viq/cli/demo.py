@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = dataclasses.replace(QUICK if args.quick else DemoPlan(), seed=args.seed)
     try:  # run_demo checks the folder's schedule before any work
         if args.seeds:
-            from viq.demo.sweep import run_sweep, to_markdown
+            from viq.demo.pipeline import run_sweep
+            from viq.demo.sweep import to_markdown
 
             sweep = run_sweep(args.out, list(range(args.seeds)), quick=args.quick,
                               progress=not args.quiet, plan=plan)

@@ -322,3 +322,30 @@ def run_demo(out: str | Path = "viq_demo_out", quick: bool = False, progress: bo
 
     write_html(results, out)
     return results
+
+
+def run_sweep(out: str | Path, seeds: list[int], quick: bool = False, progress: bool = True,
+              plan=None) -> dict:
+    """The demo once per seed into ``out/seed_<s>`` (resumable), then ``out/sweep.json`` and
+    ``out/sweep.md``; returns the sweep's summary. ``plan`` replaces the default / quick plan
+    (its seed is replaced by each of ``seeds``)."""
+    from viq.demo.sweep import cpu_name, headline, summarize, targets, to_markdown
+
+    out = Path(out)
+    base = plan or (QUICK if quick else DemoPlan())
+    rows, runs = [], []
+    for seed in seeds:
+        if progress:
+            print(f"=== seed {seed} ({out / f'seed_{seed}'})", flush=True)
+        results = run_demo(out / f"seed_{seed}", quick=quick, progress=progress,
+                           plan=dataclasses.replace(base, seed=seed))
+        rows.append(headline(results))
+        runs.append(f"seed_{seed}")
+    plan_dict = dataclasses.asdict(base) | {"quick": quick}
+    plan_dict.pop("seed")
+    sweep = {"seeds": list(seeds), "runs": runs, "plan": plan_dict, "cpu": cpu_name(),
+             "date": time.strftime("%Y-%m-%d"), "summary": summarize(rows),
+             "targets": targets(rows)}
+    (out / "sweep.json").write_text(json.dumps(sweep, indent=1) + "\n")
+    (out / "sweep.md").write_text(to_markdown(sweep) + "\n")
+    return sweep

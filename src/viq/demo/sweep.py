@@ -1,11 +1,11 @@
-"""``viq demo --seeds N``: the demo's recipe with N seeds, and the spread of every headline number.
+"""The spread of the demo's numbers: seed sweeps (``viq demo --seeds N``) and how far one run is.
 
 One seeded run is not a result: the same recipe lands several points apart from one seed to the
-next (and from one CPU's kernels to another's). A sweep runs the whole demo once per seed, each in
-its own folder (``D/seed_0``, ``D/seed_1``, …; every step resumable, as ``viq demo``), then
-writes ``D/sweep.json`` and ``D/sweep.md``: per headline number its mean ± standard deviation
-(sample sd, n − 1), its minimum and maximum and each seed's value, and the demo's targets checked
-on them (`targets`).
+next (and from one CPU's kernels to another's). A sweep (`viq.demo.pipeline.run_sweep`) runs the
+whole demo once per seed, each in its own folder (``D/seed_0``, ``D/seed_1``, …; every step
+resumable, as ``viq demo``), then writes ``D/sweep.json`` and ``D/sweep.md`` from this module:
+per headline number its mean ± standard deviation (sample sd, n − 1), its minimum and maximum
+and each seed's value, and the demo's targets checked on them (`targets`).
 
 The seed (`DemoPlan.seed`) moves everything random at once: the benchmark's scenes and
 questions, the VAE's, teacher's and every stage's initialisation and noise, the data order and the
@@ -13,17 +13,16 @@ decoder's photo crops.
 
 ``viq/demo/reference.json`` is a sweep's summary as measured for the README (its CPU and date
 inside): a single run's report reads each of its numbers against that mean ± 2 sd
-(`compare_to_reference`), beside the binomial spread of a score on n questions.
+(`compare_to_reference`), beside the binomial spread of a score on n questions. Decisions:
+docs/design.md C40.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import platform
 import statistics
-import time
 from pathlib import Path
 
 REFERENCE = Path(__file__).with_name("reference.json")
@@ -132,33 +131,6 @@ def cpu_name() -> str:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{name}, {cores} cores"
-
-
-def run_sweep(out: str | Path, seeds: list[int], quick: bool = False, progress: bool = True,
-              plan=None) -> dict:
-    """The demo once per seed into ``out/seed_<s>`` (resumable), then ``out/sweep.json`` and
-    ``out/sweep.md``; returns the sweep's summary. ``plan`` replaces the default / quick plan
-    (its seed is replaced by each of ``seeds``)."""
-    from viq.demo.pipeline import QUICK, DemoPlan, run_demo
-
-    out = Path(out)
-    base = plan or (QUICK if quick else DemoPlan())
-    rows, runs = [], []
-    for seed in seeds:
-        if progress:
-            print(f"=== seed {seed} ({out / f'seed_{seed}'})", flush=True)
-        results = run_demo(out / f"seed_{seed}", quick=quick, progress=progress,
-                           plan=dataclasses.replace(base, seed=seed))
-        rows.append(headline(results))
-        runs.append(f"seed_{seed}")
-    plan_dict = dataclasses.asdict(base) | {"quick": quick}
-    plan_dict.pop("seed")
-    sweep = {"seeds": list(seeds), "runs": runs, "plan": plan_dict, "cpu": cpu_name(),
-             "date": time.strftime("%Y-%m-%d"), "summary": summarize(rows),
-             "targets": targets(rows)}
-    (out / "sweep.json").write_text(json.dumps(sweep, indent=1) + "\n")
-    (out / "sweep.md").write_text(to_markdown(sweep) + "\n")
-    return sweep
 
 
 def _fmt(k: str, v: float) -> str:
