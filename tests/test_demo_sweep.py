@@ -111,12 +111,19 @@ def test_a_run_is_read_against_the_reference_sweep_of_its_plan(tmp_path, monkeyp
     assert compare_to_reference(one) == []  # no reference file: nothing to read against
     assert "no seed sweep of this schedule" in "".join(spread_section(one))
     sweep.REFERENCE.write_text(json.dumps(ref))
+    one["understanding"]["continuous (stage 1)"]["per_category"]["detail"]["accuracy"] = 0.33
     got = {r["number"]: r for r in compare_to_reference(one)}
     assert got["continuous (stage 1): overall"]["within"] is True
+    # all three seeds scored 27 % on the detail questions (sd 0), yet 33 % on 100 new questions
+    # is within the binomial spread (4.4 points) of a score
+    detail = got["continuous (stage 1): detail"]
+    assert detail["sd"] == 0 and detail["spread"] == pytest.approx(4.44, abs=0.01)
+    assert detail["within"] is True
+    assert not any("two SE" in k for k in got)  # bookkeeping rows are not compared
     assert got["code decoder PSNR, real photos (dB)"]["within"] is False  # 9 dB vs 16 ± 1
     assert "time (s)" not in got
     html = "".join(spread_section(one))
-    assert "outside mean ± 2 sd on 1 of" in html and "ref CPU" in html
+    assert "outside mean ± 2 spread on 1 of" in html and "ref CPU" in html
     other = one | {"plan": {"synth_n": 300, "quick": True, "seed": 0}}
     assert compare_to_reference(other) == []  # another schedule's sweep says nothing
 

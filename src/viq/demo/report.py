@@ -185,13 +185,16 @@ def spread_section(results: dict) -> list[str]:
     ref = reference(results.get("plan", {}))
     outside = [r["number"] for r in rows if not r["within"]]
     note += (f"the reference sweep below ({len(ref['seeds'])} seeds of this schedule, "
-             f"{ref['cpu']}, {ref['date']}) gives each number's mean ± sd across seeds. This run "
-             + (f"lies outside mean ± 2 sd on {len(outside)} of {len(rows)} numbers: "
+             f"{ref['cpu']}, {ref['date']}) gives each number's mean ± sd across seeds; a score's "
+             "spread is that sd or its binomial sd on these questions, whichever is larger "
+             "(three seeds can land closer together than the questions allow). This run "
+             + (f"lies outside mean ± 2 spread on {len(outside)} of {len(rows)} numbers: "
                 f"{', '.join(outside)}." if outside else
-                f"lies within mean ± 2 sd on all {len(rows)} numbers."))
+                f"lies within mean ± 2 spread on all {len(rows)} numbers."))
     table = _table([[r["number"], f"{r['this run']:.2f}", f"{r['mean']:.2f} ± {r['sd']:.2f}",
-                     "yes" if r["within"] else "no"] for r in rows],
-                   ["number", "this run", "reference: mean ± sd", "within 2 sd"])
+                     f"{r['spread']:.2f}", "yes" if r["within"] else "no"] for r in rows],
+                   ["number", "this run", "reference: mean ± sd", "spread used",
+                    "within mean ± 2 spread"])
     return ["<h3>How far these numbers may be from the recipe's mean</h3>",
             f"<p class='note'>{html.escape(note)}</p>",
             f"<details><summary>every number against the sweep</summary>{table}</details>"]

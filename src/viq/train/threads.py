@@ -3,8 +3,8 @@
 torch runs its CPU kernels on one OpenMP thread per core, and those threads wait for each other at
 the end of every parallel region. When another process keeps one of the cores busy, the thread on
 that core gets a slice of it only now and then, and every region waits for that slice: on a
-2-core host the demo's stage 1 ran 3.6× slower beside one busy process (docs/demo.md, "A busy
-neighbour"), where a fair share would be 2×.
+2-core host the demo's stage 1 ran 3.9× slower beside one busy process, 1.67× with this module
+(`viq bench neighbour`; docs/demo.md, "A busy neighbour"), where a fair share would be 2×.
 
 `ThreadGovernor` measures, every few seconds, how many of this process's cores other processes
 kept busy (the cores' busy time from ``/proc/stat`` minus this process's own CPU time), and sets
