@@ -121,6 +121,11 @@ def test_rows_over_seeds_give_mean_sd_and_a_direction_only_beyond_noise():
     text = directions(per_seed)[0]
     # FSQ − reference: +6, +7, +5 points: above beyond noise; L2: −0.1 each seed (sd 0)
     assert "direct FSQ +6.0 ± 0.6 points" in text and "above BN + L∞ → FSQ beyond noise" in text
+    # three seeds that agree closely cannot beat the questions' own noise: on 200 questions a
+    # difference of two ~52 % scores has a binomial SE of 2.9 points over three seeds; on 50, 5.8
+    assert "direct FSQ +6.0 ± 2.9 points" in directions(per_seed, questions=200)[0]
+    assert "above BN + L∞ → FSQ beyond noise" in directions(per_seed, questions=200)[0]
+    assert "not distinguishable" in directions(per_seed, questions=50)[0].split(";")[0]
     mixed = [_seed_rows(0.50, 0.56), _seed_rows(0.50, 0.44), _seed_rows(0.50, 0.52)]
     assert "direct FSQ +0.7" in directions(mixed)[0]
     assert "not distinguishable" in directions(mixed)[0].split(";")[0]

@@ -76,7 +76,7 @@ def _score(run: Path, data: Path, plan, progress: bool) -> dict:
     obj = load_run(run)
     rep, _ = evaluate(obj, data / "test.json", "images", limit=plan.eval_limit,
                       progress=progress)
-    row = {"accuracy": rep.overall.accuracy,
+    row = {"accuracy": rep.overall.accuracy, "n": rep.overall.n,
            "per_category": {k: v.accuracy for k, v in rep.per_category.items()}}
     test = json.loads((data / "test.json").read_text())
     held = [data / r["image"][0]["img_path"] for r in test if r.get("image")][:plan.recon_images]
@@ -180,13 +180,18 @@ def summarize_rows(per_seed: list[list[dict]]) -> list[dict]:
     return out
 
 
-def directions(per_seed: list[list[dict]]) -> list[str]:
+def directions(per_seed: list[list[dict]], questions: int | None = None) -> list[str]:
     """A sentence per ViQ group: each variant's accuracy against the group's reference row (the
     demo's own stage 2-2), paired by seed; a direction holds beyond noise when the mean
-    difference exceeds two standard errors of it (sd of the paired differences / √n) and has
-    the same sign in every seed."""
+    difference exceeds two standard errors of it and has the same sign in every seed. The
+    standard error is the sd of the paired differences / √seeds, or, where larger, the binomial
+    one of a difference of two scores on the rows' ``n`` questions (``questions`` for rows
+    written without it) / √seeds: two or three seeds can agree more closely than the questions
+    allow."""
+    import math
     import statistics
 
+    k = len(per_seed)
     out = []
     for group, ref_name in zip(GROUPS, REFERENCE, strict=True):
         ref = ref_name + " (the demo's stage 2-2)"
@@ -194,12 +199,15 @@ def directions(per_seed: list[list[dict]]) -> list[str]:
         names = [r["variant"] for r in per_seed[0] if r["group"] == group
                  and r["variant"] != ref]
         for name in names:
-            diffs = []
+            diffs, accs, ns = [], [], []
             for rows in per_seed:
-                by = {r["variant"]: r["accuracy"] for r in rows if r["group"] == group}
-                diffs.append(100 * (by[name] - by[ref]))
-            mean = statistics.fmean(diffs)
-            se = statistics.stdev(diffs) / len(diffs) ** 0.5
+                by = {r["variant"]: r for r in rows if r["group"] == group}
+                diffs.append(100 * (by[name]["accuracy"] - by[ref]["accuracy"]))
+                accs += [by[name]["accuracy"], by[ref]["accuracy"]]
+                ns.append(by[name].get("n") or questions or 0)
+            mean, p, n = statistics.fmean(diffs), statistics.fmean(accs), min(ns)
+            binomial = 100 * math.sqrt(2 * p * (1 - p) / n / k) if n else 0.0
+            se = max(statistics.stdev(diffs) / k ** 0.5, binomial)
             same_sign = all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
             beyond = same_sign and abs(mean) > 2 * se
             verdict = (f"{'above' if mean > 0 else 'below'} {ref_name} beyond noise"
