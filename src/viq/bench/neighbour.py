@@ -16,7 +16,6 @@ slowdown against the quiet fixed run. A neighbour that takes one of ``c`` cores 
 from __future__ import annotations
 
 import collections
-import os
 import statistics
 import subprocess
 import sys
@@ -27,10 +26,6 @@ from pathlib import Path
 HOG = "while True: pass"
 CONDITIONS = (("quiet", "fixed"), ("quiet", "free cores"), ("neighbour", "fixed"),
               ("neighbour", "free cores"))
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def _train(preset: str, out: Path, steps: int, threads: int, sets: list[str]) -> None:
@@ -62,6 +57,8 @@ def run(preset: str = "demo_stage1", steps: int = 40, warmup: int = 10,
         sets: list[str] | None = None, progress: bool = True) -> dict:
     """The four conditions (`CONDITIONS`); returns rows and the slowdowns."""
     import torch
+
+    from viq.train.threads import cores
 
     fixed = torch.get_num_threads()
     rows = []

@@ -400,6 +400,7 @@ def train_main(argv: list[str]) -> int:
 
 def neighbour_main(argv: list[str]) -> int:
     from viq.bench import neighbour as bench
+    from viq.train.threads import cores
 
     p = argparse.ArgumentParser(prog="viq bench neighbour", description=bench.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -419,7 +420,7 @@ def neighbour_main(argv: list[str]) -> int:
     if args.preset not in RUNS:
         p.error(f"--preset {args.preset}: unknown; one of {', '.join(sorted(RUNS))}")
     print(f"viq bench neighbour: {args.preset}, {args.steps} steps (median after "
-          f"{args.warmup}), {bench.cores()} cores", flush=True)
+          f"{args.warmup}), {cores()} cores", flush=True)
     result = bench.run(args.preset, args.steps, args.warmup, args.set)
     fair = result["fair_slowdown"]
     print(f"{'where':<10} {'threads':<11} {'tokens/s':>9} {'slowdown':>9}  threads used (steps)")

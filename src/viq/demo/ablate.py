@@ -161,8 +161,8 @@ _MEASURES = (("accuracy", 100.0), ("psnr", 1.0), ("perplexity", 1.0))
 
 def summarize_rows(per_seed: list[list[dict]]) -> list[dict]:
     """One row per (group, variant) found in every seed: mean and sd (n − 1) of accuracy (in %),
-    PSNR and code perplexity over the seeds, and each seed's accuracy."""
-    import statistics
+    PSNR and code perplexity over the seeds, and each seed's value (`viq.demo.sweep.summarize`)."""
+    from viq.demo.sweep import summarize
 
     keyed = [{(r["group"], r["variant"]): r for r in rows} for rows in per_seed]
     out = []
@@ -172,10 +172,8 @@ def summarize_rows(per_seed: list[list[dict]]) -> list[dict]:
         row = {"group": key[0], "variant": key[1], "paper": first.get("paper"),
                "seeds": len(keyed)}
         for name, scale in _MEASURES:
-            vals = [scale * k[key][name] for k in keyed if name in k[key]]
-            if len(vals) == len(keyed):
-                row[name] = {"mean": statistics.fmean(vals), "sd": statistics.stdev(vals),
-                             "values": vals}
+            if all(name in k[key] for k in keyed):
+                row[name] = summarize([{name: scale * k[key][name]} for k in keyed])[name]
         out.append(row)
     return out
 
@@ -190,6 +188,8 @@ def directions(per_seed: list[list[dict]], questions: int | None = None) -> list
     allow."""
     import math
     import statistics
+
+    from viq.demo.sweep import binomial_sd
 
     k = len(per_seed)
     out = []
@@ -206,7 +206,7 @@ def directions(per_seed: list[list[dict]], questions: int | None = None) -> list
                 accs += [by[name]["accuracy"], by[ref]["accuracy"]]
                 ns.append(by[name].get("n") or questions or 0)
             mean, p, n = statistics.fmean(diffs), statistics.fmean(accs), min(ns)
-            binomial = 100 * math.sqrt(2 * p * (1 - p) / n / k) if n else 0.0
+            binomial = 100 * math.sqrt(2 / k) * binomial_sd(p, n)
             se = max(statistics.stdev(diffs) / k ** 0.5, binomial)
             same_sign = all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
             beyond = same_sign and abs(mean) > 2 * se

@@ -177,12 +177,12 @@ def spread_section(results: dict) -> list[str]:
     se = 100 * 2 * (0.25 / n) ** 0.5 if n else 0.0
     note = (f"A score on n = {n} questions moves by up to about ±{se:.0f} points (two binomial "
             "standard errors at 50 %) from the questions drawn alone; training moves it more: ")
-    rows = compare_to_reference(results)
+    ref = reference(results.get("plan", {}))
+    rows = compare_to_reference(results, ref) if ref else []
     if not rows:
         return ["<h3>How far these numbers may be from the recipe's mean</h3>",
                 f"<p class='note'>{html.escape(note)}no seed sweep of this schedule ships with "
                 "viq; `viq demo --seeds 3` measures the spread of every number.</p>"]
-    ref = reference(results.get("plan", {}))
     outside = [r["number"] for r in rows if not r["within"]]
     note += (f"the reference sweep below ({len(ref['seeds'])} seeds of this schedule, "
              f"{ref['cpu']}, {ref['date']}) gives each number's mean ± sd across seeds; a score's "

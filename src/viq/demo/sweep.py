@@ -31,10 +31,16 @@ BLINDS = {CONT: ("stage 1, blind: another sample's image", "stage 1, blind: no i
           QUANT: ("stage 2-2, blind: another sample's image", "stage 2-2, blind: no image")}
 
 
+def binomial_sd(p: float, n: int) -> float:
+    """The standard deviation of an accuracy ``p`` (0–1) measured on ``n`` questions."""
+    p = min(max(p, 0.0), 1.0)
+    return math.sqrt(p * (1 - p) / n) if n > 0 else 0.0
+
+
 def two_se(a: float, b: float, n: int) -> float:
     """Two standard errors of the difference of two accuracies on ``n`` questions each
     (binomial, as if independent: the same questions make the true error smaller)."""
-    return 2.0 * math.sqrt((a * (1 - a) + b * (1 - b)) / n) if n > 0 else 0.0
+    return 2.0 * math.hypot(binomial_sd(a, n), binomial_sd(b, n))
 
 
 def headline(results: dict) -> dict[str, float]:
@@ -50,13 +56,11 @@ def headline(results: dict) -> dict[str, float]:
     if u[CONT]["overall"]["accuracy"]:
         row["quantized ÷ continuous (%)"] = (100 * u[QUANT]["overall"]["accuracy"]
                                              / u[CONT]["overall"]["accuracy"])
-    def acc(name: str, part: str) -> tuple[float, int]:
-        r = u[name]["overall"] if part == "overall" else u[name]["per_category"][part]
-        return r["accuracy"], r["n"]
-
     for model, short in ((CONT, "continuous"), (QUANT, "quantized")):
         for part in ["overall"] + sorted(u[model]["per_category"]):
-            (a, n), blind = acc(model, part), max(acc(b, part)[0] for b in BLINDS[model])
+            cell = _part(u[model], part)
+            a, n = cell["accuracy"], cell["n"]
+            blind = max(_part(u[b], part)["accuracy"] for b in BLINDS[model])
             row[f"{short} − best blind, {part} (points)"] = 100 * (a - blind)
             row[f"{short}: two SE of that gain, {part} (points)"] = 100 * two_se(a, blind, n)
     for label, r in results.get("reconstruction", {}).items():
@@ -119,7 +123,7 @@ def targets(rows: list[dict[str, float]]) -> list[dict]:
 
 def cpu_name() -> str:
     """This machine's CPU model and core count, for the tables' captions."""
-    import os
+    from viq.train.threads import cores
 
     name = platform.processor() or platform.machine()
     try:
@@ -129,8 +133,7 @@ def cpu_name() -> str:
                 break
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{name}, {cores} cores"
+    return f"{name}, {cores()} cores"
 
 
 def _fmt(k: str, v: float) -> str:
@@ -179,12 +182,11 @@ def sampling_sd(results: dict, key: str, mean: float) -> float:
         if not accs or not accs[0]["n"]:
             return 0.0
         p = sum(a["accuracy"] for a in accs) / len(accs)
-        return 100 * math.sqrt(2 * p * (1 - p) / accs[0]["n"])
+        return 100 * math.sqrt(2) * binomial_sd(p, accs[0]["n"])
     for name, r in u.items():
         cell = _part(r, key[len(name) + 2:]) if key.startswith(f"{name}: ") else None
         if cell and cell["n"]:
-            p = min(max(mean / 100, 0.0), 1.0)
-            return 100 * math.sqrt(p * (1 - p) / cell["n"])
+            return 100 * binomial_sd(mean / 100, cell["n"])
     return 0.0
 
 
@@ -193,13 +195,14 @@ def _part(report: dict, part: str) -> dict | None:
     return report["overall"] if part == "overall" else report.get("per_category", {}).get(part)
 
 
-def compare_to_reference(results: dict) -> list[dict]:
+def compare_to_reference(results: dict, ref: dict | None = None) -> list[dict]:
     """Each headline number of one run beside the reference sweep's mean ± sd: ``within`` says
     whether it lies within mean ± 2 ``spread``, where ``spread`` is the sweep's sd, or a score's
     binomial sd on the run's questions where that is larger (`sampling_sd`: three seeds can land
     closer together than the questions allow). Bookkeeping rows (the two-SE margins) and the
-    time are left out. Empty when no reference matches the run's plan."""
-    ref = reference(results.get("plan", {}))
+    time are left out. ``ref``: the reference (default: `reference` of the run's plan). Empty
+    when no reference matches the run's plan."""
+    ref = ref or reference(results.get("plan", {}))
     if ref is None:
         return []
     mine, out = headline(results), []

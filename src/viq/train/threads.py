@@ -29,9 +29,15 @@ _BUSY = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal (iowait and idl
 
 
 def _cores() -> list[int]:
+    """The cores this process may run on."""
     if hasattr(os, "sched_getaffinity"):
         return sorted(os.sched_getaffinity(0))
     return list(range(os.cpu_count() or 1))
+
+
+def cores() -> int:
+    """How many cores this process may run on."""
+    return len(_cores())
 
 
 def _busy_seconds(cores: list[int]) -> float | None:
