@@ -122,19 +122,25 @@ def test_center_crop_uses_the_reference_preprocessing(photos, ckpt, tmp_path, ca
     assert "center-crop" in capsys.readouterr().err
 
 
+def _encode_then_again(photos, ckpt, tmp_path, capsys, flag: str) -> tuple[dict, dict]:
+    """``viq encode`` of the photos, then again with ``flag`` into the same folder, which redoes
+    all four (another fingerprint): ({name: codes file} before, {name: codes file} after)."""
+    out = tmp_path / "codes"
+    args = [str(photos), "-o", str(out), "--checkpoint", str(ckpt), "--quiet"]
+    assert main(args) == 0
+    before = {p.name: load_codes(p) for p in out.iterdir()}
+    capsys.readouterr()
+    assert main([*args, flag]) == 0
+    assert "4 written" in capsys.readouterr().out  # another fingerprint: redone
+    return before, {p.name: load_codes(p) for p in out.iterdir()}
+
+
 def test_packed_is_one_forward_per_batch_and_part_of_the_fingerprint(photos, ckpt, tmp_path,
                                                                      capsys):
     """``--packed`` encodes each batch in one forward (the same codes as one image a forward
     at this width on these CPUs: the tiny model's GEMMs are row-count-invariant here) and is
     part of the outputs' fingerprint: a run with the other setting redoes them."""
-    out = tmp_path / "codes"
-    args = [str(photos), "-o", str(out), "--checkpoint", str(ckpt), "--quiet"]
-    assert main(args) == 0
-    one = {p.name: load_codes(p) for p in out.iterdir()}
-    capsys.readouterr()
-    assert main([*args, "--packed"]) == 0
-    assert "4 written" in capsys.readouterr().out  # another fingerprint: redone
-    packed = {p.name: load_codes(p) for p in out.iterdir()}
+    one, packed = _encode_then_again(photos, ckpt, tmp_path, capsys, "--packed")
     for name, f in one.items():
         assert torch.equal(packed[name].codes.codes, f.codes.codes), name
         assert packed[name].fingerprint != f.fingerprint
@@ -148,17 +154,10 @@ def test_packed_is_one_forward_per_batch_and_part_of_the_fingerprint(photos, ckp
 def test_compile_is_opt_in_recorded_and_close_to_eager(photos, ckpt, tmp_path, capsys):
     """``--compile``: the codes of the compiled blocks are (nearly all) the eager ones, and the
     fingerprint records it, so compiled and eager codes never pass for each other."""
-    out = tmp_path / "codes"
-    args = [str(photos), "-o", str(out), "--checkpoint", str(ckpt), "--quiet"]
-    assert main(args) == 0
-    eager = {p.name: load_codes(p) for p in out.iterdir()}
-    capsys.readouterr()
-    assert main([*args, "--compile"]) == 0
-    assert "4 written" in capsys.readouterr().out  # another fingerprint: redone
+    eager, compiled = _encode_then_again(photos, ckpt, tmp_path, capsys, "--compile")
     differ = total = 0
-    for p in out.iterdir():
-        f = load_codes(p)
-        assert f.fingerprint != eager[p.name].fingerprint
-        differ += int((f.codes.codes != eager[p.name].codes.codes).sum())
+    for name, f in compiled.items():
+        assert f.fingerprint != eager[name].fingerprint
+        differ += int((f.codes.codes != eager[name].codes.codes).sum())
         total += f.codes.codes.numel()
     assert differ <= 0.05 * total, f"{differ} of {total} codes differ from eager"

@@ -191,15 +191,21 @@ def test_partial_shards_of_a_killed_run_are_redone(tmp_path):
     assert sorted(r.sample_id for r in CodeStore(store)) == [f"img{i:02d}.png" for i in range(6)]
 
 
-@pytest.mark.slow
-def test_killed_extraction_resumes_without_gaps_or_duplicates(tmp_path):
-    _images(tmp_path / "imgs", 16, ext="jpg")
+def _extraction_to_kill(tmp_path, images: int, shards: int, workers: int):
+    """``viq extract`` of ``images`` JPEGs into ``shards`` shards, started in a child process:
+    (the store, the command's arguments, the process, the first shard's record)."""
+    _images(tmp_path / "imgs", images, ext="jpg")
     store = tmp_path / "s"
-    args = [str(tmp_path / "imgs"), "--out", str(store), *MODEL, "--num-shards", "8",
-            "--workers", "0"]
+    args = [str(tmp_path / "imgs"), "--out", str(store), *MODEL, "--num-shards", str(shards),
+            "--workers", str(workers)]
     proc = subprocess.Popen([sys.executable, "-m", "viq", "extract", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = store / "shards" / "shard-00000-of-00008.json"
+    return store, args, proc, store / "shards" / f"shard-00000-of-{shards:05d}.json"
+
+
+@pytest.mark.slow
+def test_killed_extraction_resumes_without_gaps_or_duplicates(tmp_path):
+    store, args, proc, first = _extraction_to_kill(tmp_path, images=16, shards=8, workers=0)
     deadline = time.time() + 60
     while not first.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.002)
@@ -264,13 +270,7 @@ def test_loading_processes_write_the_store_of_the_plain_loop(tmp_path):
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_killed_extraction_with_loading_processes_leaves_none_behind_and_resumes(tmp_path,
                                                                               children):
-    _images(tmp_path / "imgs", 24, ext="jpg")
-    store = tmp_path / "s"
-    args = [str(tmp_path / "imgs"), "--out", str(store), *MODEL, "--num-shards", "12",
-            "--workers", "2"]
-    proc = subprocess.Popen([sys.executable, "-m", "viq", "extract", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = store / "shards" / "shard-00000-of-00012.json"
+    store, args, proc, first = _extraction_to_kill(tmp_path, images=24, shards=12, workers=2)
     deadline = time.time() + 60
     workers: list[int] = []
     while not (first.exists() and len(workers) == 2) and proc.poll() is None and \
